@@ -1,0 +1,74 @@
+"""Shared fixtures: the real dataset (via PNEUMOSCAN_DATA) and small real subsets of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("PNEUMOSCAN_DATA") or REPO / "data" / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = _data_root()
+    if not (root / "train").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"PNEUMOSCAN_DATA={root} holds no dataset; CI must provide it")
+        pytest.skip(f"no dataset at {root}: set PNEUMOSCAN_DATA")
+    return root
+
+
+@pytest.fixture(scope="session")
+def originals_dir(data_dir) -> Path:
+    d = data_dir.parent / "originals"
+    if not d.is_dir():
+        pytest.skip(f"no full-size originals beside {data_dir}")
+    return d
+
+
+def _copy_first(src: Path, dst: Path, n: int, step: int = 1) -> list[Path]:
+    dst.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in src.iterdir() if p.suffix == ".jpeg")[::step][:n]
+    return [Path(shutil.copy2(f, dst / f.name)) for f in files]
+
+
+@pytest.fixture(scope="session")
+def small_data(data_dir, tmp_path_factory) -> Path:
+    """A Kaggle-layout copy with real images: 24 train images per class (spread over the
+    folder so that many patients appear), 6 test and 2 official-val per class."""
+    root = tmp_path_factory.mktemp("small") / "chest_xray"
+    for label in ("NORMAL", "PNEUMONIA"):
+        _copy_first(data_dir / "train" / label, root / "train" / label, 24, step=50)
+        _copy_first(data_dir / "test" / label, root / "test" / label, 6, step=30)
+        _copy_first(data_dir / "val" / label, root / "val" / label, 2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_data_with_bad_file(small_data, tmp_path_factory) -> Path:
+    """small_data plus one truncated JPEG in train/PNEUMONIA."""
+    root = tmp_path_factory.mktemp("bad") / "chest_xray"
+    shutil.copytree(small_data, root)
+    good = sorted((root / "train" / "PNEUMONIA").iterdir())[0]
+    (root / "train" / "PNEUMONIA" / "person99999_bacteria_1.jpeg").write_bytes(
+        good.read_bytes()[:300])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_data_with_bad_file, tmp_path_factory):
+    """A one-epoch fit on ~48 real images at 64 px, with one unreadable training image."""
+    from pneumoscan.config import load_config
+    from pneumoscan.train import fit
+
+    cfg = load_config(None, ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2",
+                             "precision=32-true"])
+    return fit(cfg, small_data_with_bad_file, tmp_path_factory.mktemp("run") / "tiny")
