@@ -1,0 +1,119 @@
+"""The only place weights are written or read: safetensors weights + a JSON contract beside them.
+
+The JSON carries everything later commands need (model name, labels, preprocessing, decision
+threshold, validation metrics, the resolved config, version and git SHA), so predict, evaluate,
+explain, export and serve never re-declare any of it. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .models import create_model
+from .transforms import Preprocessing
+
+WEIGHTS, META = "model.safetensors", "model.json"
+FORMAT = "pneumoscan-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not hold a usable pneumoscan model."""
+
+
+@dataclass
+class Checkpoint:
+    model_name: str
+    labels: list[str]
+    preprocessing: Preprocessing
+    threshold: float
+    val_metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # version, git SHA, hashes, timings
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "model_name": self.model_name, "labels": self.labels,
+                "preprocessing": self.preprocessing.to_dict(), "threshold": self.threshold,
+                "val_metrics": self.val_metrics, "config": self.config, **self.extra}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Checkpoint:
+        core = {"format", "model_name", "labels", "preprocessing", "threshold", "val_metrics",
+                "config"}
+        return cls(d["model_name"], list(d["labels"]),
+                   Preprocessing.from_dict(d["preprocessing"]), float(d["threshold"]),
+                   d.get("val_metrics", {}), d.get("config", {}),
+                   {k: v for k, v in d.items() if k not in core})
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def save(run_dir: str | Path, model: nn.Module, ckpt: Checkpoint,
+         dtype: torch.dtype = torch.float32) -> Path:
+    """Write model.safetensors (+ model.json) into run_dir; returns the JSON path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, run_dir / WEIGHTS)
+    ckpt.extra.update({"package_version": __version__, "git_sha": git_sha(),
+                       "weights_dtype": str(dtype).removeprefix("torch."),
+                       "weights_sha256": file_sha256(run_dir / WEIGHTS)})
+    meta = run_dir / META
+    meta.write_text(json.dumps(ckpt.to_json(), indent=2, default=str) + "\n")
+    return meta
+
+
+def default_model_dir() -> Path:
+    return Path(str(resources.files("pneumoscan") / "weights" / "default"))
+
+
+def resolve(path: str | Path | None) -> Path:
+    """Run folder, model.json or model.safetensors -> the folder; None -> the shipped model."""
+    p = default_model_dir() if path is None else Path(path)
+    if p.is_file() and p.name in (WEIGHTS, META):
+        p = p.parent
+    if not (p / META).is_file() or not (p / WEIGHTS).is_file():
+        raise CheckpointError(f"{p}: not a pneumoscan model (expected {META} and {WEIGHTS} "
+                              f"in that folder; train one with 'pneumoscan train')")
+    return p
+
+
+def load(path: str | Path | None = None) -> tuple[nn.Module, Checkpoint]:
+    """Load a model in eval mode (float32, CPU) and its checkpoint contract."""
+    folder = resolve(path)
+    try:
+        meta = json.loads((folder / META).read_text())
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{folder / META}: unknown format {meta.get('format')!r}")
+        ckpt = Checkpoint.from_json(meta)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / META}: malformed checkpoint metadata ({e})") from None
+    num_outputs = 1 if len(ckpt.labels) == 2 else len(ckpt.labels)
+    model = create_model(ckpt.model_name, pretrained=False, num_outputs=num_outputs)
+    state = {k: v.float() if v.is_floating_point() else v
+             for k, v in load_file(folder / WEIGHTS).items()}
+    model.load_state_dict(state, strict=True)
+    ckpt.extra["path"] = str(folder)
+    return model.eval(), ckpt

@@ -1,0 +1,38 @@
+"""evaluate(model, data, split): metrics at the stored threshold. Fits nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .config import config_from_dict
+from .data import scan, select
+from .metrics import binary_metrics
+from .predict import predict_arrays
+from .transforms import load_many
+
+
+def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str) -> dict:
+    """Score every image of `split` and compute metrics at the checkpoint's threshold.
+
+    The carved `val` split is rebuilt from the seed and fraction stored in the checkpoint.
+    Unreadable images are listed under `skipped`, not scored.
+    """
+    all_records = scan(data_dir)  # a missing dataset is reported before the model loads
+    model, ckpt = checkpoint.load(model_path)
+    model = model.to(memory_format=torch.channels_last)
+    cfg = config_from_dict(ckpt.config)
+    records = select(all_records, split, cfg.val_fraction, cfg.seed)
+    if not records:
+        raise ValueError(f"split '{split}' of {data_dir} holds no images")
+    prep = ckpt.preprocessing
+    images, ok, errors = load_many([r.path for r in records], prep.input_size,
+                                   prep.interpolation)
+    targets = [records[i].target for i in ok]
+    probs = predict_arrays(model, ckpt, images)
+    result = binary_metrics(targets, probs, ckpt.threshold)
+    result.update({"split": split, "model": ckpt.extra.get("path"),
+                   "skipped": list(errors.values())})
+    return result

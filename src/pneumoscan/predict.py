@@ -1,0 +1,93 @@
+"""Score images with a trained model, at the threshold stored in its checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint
+from .data import is_image_file
+from .transforms import load_many, to_model_input
+
+
+@dataclass
+class Prediction:
+    path: str
+    probability: float | None = None
+    label: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "probability": self.probability, "label": self.label,
+                "error": self.error}
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Files stay as given; folders become their image files (recursively, sorted).
+    A folder without images yields an entry whose decoding reports the problem."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            out.extend(found or [str(p)])
+        else:
+            out.append(str(p))
+    return out
+
+
+@torch.inference_mode()
+def predict_arrays(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
+                   batch_size: int = 32) -> np.ndarray:
+    """(N, S, S) uint8 gray images -> (N,) pneumonia probabilities (float64)."""
+    model.eval()
+    probs = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).unsqueeze(1)
+        logits = model(to_model_input(x, ckpt.preprocessing)).float()
+        probs.append(torch.sigmoid(logits[:, 0]).numpy())
+    return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
+
+
+class Predictor:
+    """A loaded model plus its checkpoint contract.
+
+    Examples:
+        >>> p = Predictor.from_checkpoint()          # the shipped model
+        >>> [r.label for r in p.predict(["examples/NORMAL/NORMAL2-IM-1427-0001.jpeg"])]
+        ['NORMAL']
+    """
+
+    def __init__(self, model: nn.Module, ckpt: checkpoint.Checkpoint):
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.ckpt = ckpt
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None) -> Predictor:
+        return cls(*checkpoint.load(path))
+
+    @property
+    def threshold(self) -> float:
+        return self.ckpt.threshold
+
+    def label_of(self, probability: float) -> str:
+        return self.ckpt.labels[int(probability >= self.threshold)]
+
+    def predict(self, paths: list[str], batch_size: int = 32) -> list[Prediction]:
+        """One Prediction per path, in order; an unreadable file gets `error` and no score."""
+        prep = self.ckpt.preprocessing
+        results = [Prediction(str(p)) for p in paths]
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation)
+            for j, message in errors.items():
+                is_dir = Path(chunk[j]).is_dir()
+                results[start + j].error = (f"{chunk[j]}: folder holds no image files"
+                                            if is_dir else message)
+            for j, prob in zip(ok, predict_arrays(self.model, self.ckpt, arr, batch_size)):
+                r = results[start + j]
+                r.probability, r.label = float(prob), self.label_of(prob)
+        return results

@@ -1,0 +1,250 @@
+"""fit(cfg) -> Run: fine-tune a registry model with Lightning. Never reads the test split."""
+
+from __future__ import annotations
+
+import csv
+import math
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import checkpoint
+from .config import TrainConfig
+from .data import LABELS, Record, scan, split_train_val, write_manifest
+from .metrics import auroc, binary_metrics, threshold_for_sensitivity
+from .models import create_model
+from .predict import predict_arrays
+from .transforms import Preprocessing, load_many, to_model_input, train_augmentation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    dir: Path
+    val_metrics: dict
+    best_epoch: int
+    seconds: float
+    skipped: list[str]
+
+
+class ImageSet(Dataset):
+    """Decoded uint8 images held in memory (decoded once per run), with optional augmentation."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform=None):
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(self.images[i]).unsqueeze(0)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, torch.tensor(self.targets[i], dtype=torch.float32)
+
+
+class LitClassifier(L.LightningModule):
+    """Thin training wrapper around a plain nn.Module; inputs are uint8 gray batches."""
+
+    def __init__(self, model: nn.Module, prep: Preprocessing, cfg: TrainConfig,
+                 pos_weight: float, steps_per_epoch: int):
+        super().__init__()
+        self.model, self.prep, self.cfg = model, prep, cfg
+        self.steps_per_epoch = steps_per_epoch
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        self.history: list[dict] = []
+        self._outs: dict[str, list] = {"train": [], "val": []}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(to_model_input(x, self.prep))[:, 0]
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        logits = self(x)
+        loss = self.loss_fn(logits.float(), y)
+        self._outs[stage].append((torch.sigmoid(logits.detach().float()), y, loss.detach()))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, "train")
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def _summarise(self, stage: str) -> dict:
+        outs = self._outs[stage]
+        self._outs[stage] = []
+        if not outs:
+            return {}
+        p = torch.cat([o[0] for o in outs])
+        y = torch.cat([o[1] for o in outs])
+        loss = torch.stack([o[2] for o in outs]).mean()
+        if self.trainer.world_size > 1:  # every rank sees the whole split's scores
+            p, y = self.all_gather(p).flatten(), self.all_gather(y).flatten()
+            loss = self.all_gather(loss).mean()
+        p, y = p.cpu().numpy(), y.cpu().numpy()
+        return {f"{stage}_loss": float(loss), f"{stage}_acc": float(((p >= 0.5) == y).mean()),
+                f"{stage}_auroc": auroc(y, p)}
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            self._outs["val"] = []
+            return
+        m = self._summarise("val")
+        self.log_dict(m, prog_bar=True, sync_dist=False)
+        self.history.append({"epoch": self.current_epoch, **m})
+
+    def on_train_epoch_end(self):
+        m = self._summarise("train")
+        self.log_dict(m, sync_dist=False)
+        if self.history and self.history[-1]["epoch"] == self.current_epoch:
+            self.history[-1].update(m)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
+                                weight_decay=self.cfg.weight_decay)
+        total = max(1, self.cfg.epochs * self.steps_per_epoch)
+        warmup = max(1, int(self.cfg.warmup_epochs * self.steps_per_epoch))
+
+        def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to zero
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def resolve_precision(setting: str) -> str:
+    """'auto' -> bf16 autocast where the hardware has native bf16, else fp32."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "32-true"
+    return "bf16-mixed" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "32-true"
+
+
+def _limit(records: list[Record], per_class: int, seed: int) -> list[Record]:
+    """A seeded subset of at most `per_class` train-folder images per label (for quick runs)."""
+    if per_class <= 0:
+        return records
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in LABELS:
+        pool = [r for r in records if r.split == "train" and r.label == label]
+        idx = sorted(rng.choice(len(pool), size=min(per_class, len(pool)), replace=False))
+        keep += [pool[i] for i in idx]
+    return keep
+
+
+def _decode(records: list[Record], size: int, interpolation: str):
+    """Decode each image once; unreadable files are logged and dropped, never fatal."""
+    arr, ok, errors = load_many([r.path for r in records], size, interpolation)
+    for message in errors.values():
+        log.warning("skipping unreadable training image: %s", message)
+    targets = np.array([records[i].target for i in ok], dtype=np.float32)
+    return arr, targets, list(errors.values())
+
+
+def _write_history(history: list[dict], run_dir: Path) -> None:
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    with open(run_dir / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    from .plots import training_curves
+
+    training_curves(history, run_dir / "curves.png")
+
+
+def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = None) -> Run:
+    """Train `cfg.model` on the train folder of `data_dir`, select on the carved val split."""
+    t0 = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(run_dir or Path(cfg.out_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    records = _limit([r for r in scan(data_dir) if r.split == "train"], cfg.limit_per_class,
+                     cfg.seed)
+    train_recs, val_recs = split_train_val(records, cfg.val_fraction, cfg.seed)
+    write_manifest(train_recs + val_recs, run_dir / "split.csv")
+    prep = Preprocessing(input_size=cfg.image_size)
+    x_tr, y_tr, skipped = _decode(train_recs, prep.input_size, prep.interpolation)
+    x_va, y_va, skipped_va = _decode(val_recs, prep.input_size, prep.interpolation)
+    skipped += skipped_va
+    (run_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped))
+    log.info("train %d images, val %d images, %d skipped", len(x_tr), len(x_va), len(skipped))
+
+    aug = train_augmentation(cfg.aug_rotation, cfg.aug_translate, cfg.aug_zoom,
+                             cfg.aug_brightness, cfg.aug_contrast, cfg.aug_hflip)
+    train_dl = DataLoader(ImageSet(x_tr, y_tr, aug), batch_size=cfg.batch_size, shuffle=True,
+                          num_workers=cfg.num_workers, drop_last=len(x_tr) > cfg.batch_size,
+                          persistent_workers=cfg.num_workers > 0)
+    val_dl = DataLoader(ImageSet(x_va, y_va), batch_size=cfg.batch_size * 2,
+                        num_workers=cfg.num_workers)
+
+    model = create_model(cfg.model, pretrained=cfg.pretrained, num_outputs=1)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    n_pos = float(y_tr.sum())
+    pos_weight = (len(y_tr) - n_pos) / max(n_pos, 1.0) if cfg.class_weighting else 1.0
+    lit = LitClassifier(model, prep, cfg, pos_weight, steps_per_epoch=len(train_dl))
+
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=run_dir / "lightning", filename="best", monitor="val_auroc", mode="max",
+        save_top_k=1, save_last=True, save_weights_only=False)
+    stop_cb = L.pytorch.callbacks.EarlyStopping(monitor="val_auroc", mode="max",
+                                                patience=cfg.patience)
+    devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices,
+        num_nodes=cfg.num_nodes, precision=resolve_precision(cfg.precision),
+        callbacks=[ckpt_cb, stop_cb], logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
+        default_root_dir=run_dir, num_sanity_val_steps=0, log_every_n_steps=10,
+        deterministic="warn", enable_model_summary=False)
+    trainer.fit(lit, train_dl, val_dl)
+    if trainer.global_rank != 0:
+        return Run(run_dir, {}, -1, time.perf_counter() - t0, skipped)
+
+    _write_history(lit.history, run_dir)
+    best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()
+             if k.startswith("model.")}
+    final = create_model(cfg.model, pretrained=False, num_outputs=1)
+    # Round to the stored dtype first so the threshold fits the weights that ship.
+    final.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                           for k, v in state.items()})
+    final = final.eval().to(memory_format=torch.channels_last)
+    ckpt = checkpoint.Checkpoint(cfg.model, list(LABELS), prep, 0.5, config=cfg.to_dict())
+    p_va = predict_arrays(final, ckpt, x_va)
+    threshold = threshold_for_sensitivity(y_va, p_va, cfg.target_sensitivity)
+    ckpt.threshold = threshold
+    ckpt.val_metrics = binary_metrics(y_va, p_va, threshold)
+    best_epoch = int(best.get("epoch", -1))
+    seconds = time.perf_counter() - t0
+    ckpt.extra.update({"best_epoch": best_epoch, "train_seconds": round(seconds, 1),
+                       "n_train": int(len(x_tr)), "n_val": int(len(x_va)),
+                       "threshold_rule": f"highest threshold with val sensitivity >= "
+                                         f"{cfg.target_sensitivity}",
+                       "created": datetime.now().isoformat(timespec="seconds")})
+    checkpoint.save(run_dir, final, ckpt, dtype=torch.float16)
+    return Run(run_dir, ckpt.val_metrics, best_epoch, seconds, skipped)

@@ -1,0 +1,54 @@
+import csv
+import json
+
+from safetensors.torch import load_file
+
+from pneumoscan import checkpoint
+from pneumoscan.config import load_config
+from pneumoscan.train import fit
+
+
+def test_one_epoch_fit_writes_a_loadable_checkpoint(tiny_run):
+    run = tiny_run
+    for name in ("model.safetensors", "model.json", "config.yaml", "history.csv", "curves.png",
+                 "split.csv", "skipped.txt"):
+        assert (run.dir / name).is_file(), name
+    meta = json.loads((run.dir / "model.json").read_text())
+    assert meta["labels"] == ["NORMAL", "PNEUMONIA"]
+    assert meta["preprocessing"]["input_size"] == 64
+    assert 0.0 <= meta["threshold"] <= 1.0
+    assert meta["val_metrics"]["sensitivity"] >= 0.98  # the threshold rule, on val
+    assert meta["config"]["image_size"] == 64 and meta["package_version"]
+    assert meta["weights_dtype"] == "float16"
+    assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float16"
+               for v in load_file(run.dir / "model.safetensors").values())
+    model, ckpt = checkpoint.load(run.dir)
+    assert ckpt.threshold == meta["threshold"] and not model.training
+
+
+def test_unreadable_training_image_is_skipped_and_reported(tiny_run):
+    skipped = (tiny_run.dir / "skipped.txt").read_text()
+    assert "person99999_bacteria_1.jpeg" in skipped
+    assert len(tiny_run.skipped) == 1
+
+
+def test_history_has_train_and_val_rows_per_epoch(tiny_run):
+    rows = list(csv.DictReader(open(tiny_run.dir / "history.csv")))
+    assert len(rows) == 1
+    for key in ("train_loss", "train_acc", "train_auroc", "val_loss", "val_acc", "val_auroc"):
+        assert rows[0][key] != "", key
+
+
+def test_split_file_never_holds_test_images(tiny_run):
+    rows = list(csv.DictReader(open(tiny_run.dir / "split.csv")))
+    assert rows and all(r["split"] == "train" for r in rows)
+
+
+def test_same_seed_same_metrics(small_data, tmp_path):
+    cfg = load_config(None, ["image_size=48", "epochs=1", "batch_size=8", "val_fraction=0.2",
+                             "model=custom-cnn", "pretrained=false", "precision=32-true"])
+    a = fit(cfg, small_data, tmp_path / "a")
+    b = fit(cfg, small_data, tmp_path / "b")
+    assert a.val_metrics == b.val_metrics
+    assert (checkpoint.file_sha256(a.dir / "model.safetensors")
+            == checkpoint.file_sha256(b.dir / "model.safetensors"))
