@@ -2,8 +2,15 @@ import shutil
 
 import pytest
 
-from pneumoscan.data import (KAGGLE_HELP, DatasetNotFound, find_root, parse_name, scan,
-                             select, split_train_val)
+from pneumoscan.data import (
+    KAGGLE_HELP,
+    DatasetNotFound,
+    find_root,
+    parse_name,
+    scan,
+    select,
+    split_train_val,
+)
 
 
 @pytest.mark.parametrize("name,label,patient,etiology", [

@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan.models import (PretrainedWeightsUnavailable, create_model, get_spec,
-                               lite_weights_path, list_models, map_lite_state_dict)
+from pneumoscan.models import (
+    PretrainedWeightsUnavailable,
+    create_model,
+    get_spec,
+    list_models,
+    lite_weights_path,
+    map_lite_state_dict,
+)
 
 
 def test_registry_lists_the_offline_models():
@@ -52,7 +58,7 @@ def test_target_layer_comes_from_the_registry_and_yields_a_feature_map():
         model = create_model(name, pretrained=False).eval()
         layer = get_spec(name).target_layer(model)
         shapes = []
-        handle = layer.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+        handle = layer.register_forward_hook(lambda m, i, o, s=shapes: s.append(o.shape))
         with torch.no_grad():
             model(torch.zeros(1, 3, 224, 224))
         handle.remove()

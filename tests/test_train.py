@@ -7,6 +7,8 @@ from pneumoscan import checkpoint
 from pneumoscan.config import load_config
 from pneumoscan.train import fit
 
+from .conftest import REPO
+
 
 def test_one_epoch_fit_writes_a_loadable_checkpoint(tiny_run):
     run = tiny_run
@@ -20,6 +22,8 @@ def test_one_epoch_fit_writes_a_loadable_checkpoint(tiny_run):
     assert meta["val_metrics"]["sensitivity"] >= 0.98  # the threshold rule, on val
     assert meta["config"]["image_size"] == 64 and meta["package_version"]
     assert meta["weights_dtype"] == "float16"
+    if (REPO / ".git").exists():  # provenance, where the source is a git checkout
+        assert len(meta["git_sha"]) == 40 and isinstance(meta["git_dirty"], bool)
     assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float16"
                for v in load_file(run.dir / "model.safetensors").values())
     model, ckpt = checkpoint.load(run.dir)

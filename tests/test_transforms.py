@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumoscan.transforms import (ImageError, Preprocessing, load_gray, load_many,
-                                   to_model_input)
+from pneumoscan.transforms import ImageError, Preprocessing, load_gray, load_many, to_model_input
 
 
 def _save(tmp_path, name, img, **kw):

@@ -55,13 +55,20 @@ class Checkpoint:
                    {k: v for k, v in d.items() if k not in core})
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def git_state() -> dict:
+    """The commit of the package's source tree and whether that tree has uncommitted changes;
+    None for both outside a git checkout (an installed wheel)."""
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                                 cwd=Path(__file__).parent)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".") if sha else None
+    return {"git_sha": sha, "git_dirty": bool(status) if sha else None}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -77,8 +84,10 @@ def save(run_dir: str | Path, model: nn.Module, ckpt: Checkpoint,
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
     save_file(state, run_dir / WEIGHTS)
-    ckpt.extra.update({"package_version": __version__, "git_sha": git_sha(),
-                       "weights_dtype": str(dtype).removeprefix("torch."),
+    ckpt.extra.setdefault("package_version", __version__)
+    for key, value in git_state().items():  # fit() records these when training starts
+        ckpt.extra.setdefault(key, value)
+    ckpt.extra.update({"weights_dtype": str(dtype).removeprefix("torch."),
                        "weights_sha256": file_sha256(run_dir / WEIGHTS)})
     meta = run_dir / META
     meta.write_text(json.dumps(ckpt.to_json(), indent=2, default=str) + "\n")

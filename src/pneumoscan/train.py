@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import math
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import checkpoint
+from . import __version__, checkpoint
 from .config import TrainConfig
 from .data import LABELS, Record, scan, split_train_val, write_manifest
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity
@@ -121,7 +121,8 @@ class LitClassifier(L.LightningModule):
         def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to zero
             if step < warmup:
                 return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -178,6 +179,7 @@ def _write_history(history: list[dict], run_dir: Path) -> None:
 def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = None) -> Run:
     """Train `cfg.model` on the train folder of `data_dir`, select on the carved val split."""
     t0 = time.perf_counter()
+    provenance = {"package_version": __version__, **checkpoint.git_state()}
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(run_dir or Path(cfg.out_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +243,7 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     ckpt.val_metrics = binary_metrics(y_va, p_va, threshold)
     best_epoch = int(best.get("epoch", -1))
     seconds = time.perf_counter() - t0
-    ckpt.extra.update({"best_epoch": best_epoch, "train_seconds": round(seconds, 1),
+    ckpt.extra.update({**provenance, "best_epoch": best_epoch, "train_seconds": round(seconds, 1),
                        "n_train": int(len(x_tr)), "n_val": int(len(x_va)),
                        "threshold_rule": f"highest threshold with val sensitivity >= "
                                          f"{cfg.target_sensitivity}",
