@@ -77,9 +77,18 @@ def test_model_input_normalisation():
     assert torch.equal(y[:, 0], y[:, 2])
 
 
-def test_jpeg_from_memory_buffer_is_not_required(tmp_path):
+def test_uniform_gray_jpeg_keeps_its_level(tmp_path):
     buf = io.BytesIO()
     Image.new("L", (50, 40), 128).save(buf, format="JPEG")
     p = tmp_path / "gray.jpg"
     p.write_bytes(buf.getvalue())
     assert load_gray(p, 16).mean() == pytest.approx(128, abs=2)
+
+
+def test_decodes_an_upload_held_in_memory_and_names_it(data_dir):
+    path = next((data_dir / "test" / "PNEUMONIA").iterdir())
+    from_file = load_gray(path, 64)
+    from_bytes = load_gray(io.BytesIO(path.read_bytes()), 64, name="upload.jpeg")
+    assert np.array_equal(from_file, from_bytes)
+    with pytest.raises(ImageError, match="^upload.jpeg: "):
+        load_gray(io.BytesIO(b"garbage"), 64, name="upload.jpeg")

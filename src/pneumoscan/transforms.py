@@ -6,6 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -53,8 +54,12 @@ def _to_gray8(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def load_gray(path: str | Path, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Decode an image file to a (size, size) uint8 gray array, or raise ImageError naming it."""
+def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bilinear",
+              name: str | None = None) -> np.ndarray:
+    """Decode an image file (a path or a binary file object, e.g. an upload held in memory)
+    to a (size, size) uint8 gray array, or raise ImageError naming it (`name` if given)."""
+    if name is None:
+        name = str(path) if isinstance(path, str | Path) else getattr(path, "name", "<upload>")
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":
@@ -63,23 +68,23 @@ def load_gray(path: str | Path, size: int, interpolation: str = "bilinear") -> n
             img = ImageOps.exif_transpose(img)
             gray = _to_gray8(img)
             if gray.width < 2 or gray.height < 2:
-                raise ImageError(f"{path}: image is {gray.width}x{gray.height} pixels, too small")
+                raise ImageError(f"{name}: image is {gray.width}x{gray.height} pixels, too small")
             gray = gray.resize((size, size), _RESAMPLE[interpolation])
             return np.asarray(gray, dtype=np.uint8)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
+        raise ImageError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
+        raise ImageError(f"{name}: is a directory, not an image") from None
     except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
+        raise ImageError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not a readable image (unknown or corrupt format)") from None
+        raise ImageError(f"{name}: not a readable image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image too large ({e})") from None
+        raise ImageError(f"{name}: image too large ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+        raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
 def load_many(paths, size: int, interpolation: str = "bilinear", threads: int = 4):
