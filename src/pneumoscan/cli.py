@@ -46,10 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics on a split at the stored threshold")
     _data_arg(p)
-    _model_arg(p)
+    p.add_argument("--model", action="append", default=None,
+                   help="run folder or its model.json (default: the shipped model); repeat "
+                        "for several models (seeds): each is reported, then mean and std")
     p.add_argument("--split", default="test",
                    choices=("train", "val", "val-official", "test"))
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--report", default=None, metavar="OUT_DIR",
+                   help="also write OUT_DIR/report.html, metrics.json and the PNGs")
+    p.add_argument("--resamples", type=int, default=2000, help="patient bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap and gallery seed")
+
+    p = sub.add_parser("calibrate", help="fit the temperature on val; rewrites only model.json")
+    _data_arg(p)
+    _model_arg(p)
+
+    p = sub.add_parser("model-card", help="write a model card from a report's metrics.json")
+    _model_arg(p)
+    p.add_argument("--metrics", required=True,
+                   help="metrics.json written by 'pneumoscan evaluate --report'")
+    p.add_argument("--out", default="MODEL_CARD.md", help="Markdown file to write")
 
     p = sub.add_parser("predict", help="pneumonia probability for images or folders")
     p.add_argument("paths", nargs="*", metavar="IMAGE_OR_DIR")
@@ -105,9 +121,12 @@ def _fmt(v) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    models = args.model or [None]
+    if args.report or len(models) > 1:
+        return _evaluate_report(args, models)
     from .evaluate import evaluate
 
-    result = evaluate(args.model, _data_dir(args), args.split)
+    result = evaluate(models[0], _data_dir(args), args.split)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -118,6 +137,51 @@ def cmd_evaluate(args) -> int:
         for s in result["skipped"]:
             print(f"skipped: {s}", file=sys.stderr)
     return SOME_FAILED if result["skipped"] else 0
+
+
+def _evaluate_report(args, models: list) -> int:
+    from .evaluate import evaluate
+    from .metrics import MetricError, mean_std
+    from .report import write_report
+
+    try:
+        if args.report:
+            result = write_report(models, _data_dir(args), args.split, args.report,
+                                  args.resamples, args.seed)
+            rows = [m["headline"] for m in result.get("models", [result])]
+        else:
+            rows = [evaluate(m, _data_dir(args), args.split) for m in models]
+            result = {"models": rows, "across_models": mean_std(rows)}
+    except MetricError as e:
+        print(f"pneumoscan evaluate: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    if args.format == "json":
+        print(json.dumps(rows[0] if len(rows) == 1 else
+                         {"models": rows, "across_models": result["across_models"]}, indent=2))
+    else:
+        keys = ["model", "n", "auroc", "accuracy", "sensitivity", "specificity", "f1", "tp",
+                "fp", "tn", "fn"]
+        print(_table(rows, keys))
+        if args.report:
+            print(f"report: {args.report}/report.html (and metrics.json, PNGs)")
+    return SOME_FAILED if any(r["skipped"] for r in rows) else 0
+
+
+def cmd_calibrate(args) -> int:
+    from .calibration import calibrate
+
+    s = calibrate(args.model, _data_dir(args))
+    print(f"{s['model']}: temperature {s['temperature']:.4f} (fitted on {s['n_val']} val "
+          f"images), threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f}, val ECE "
+          f"{s['val_ece_before']:.4f} -> {s['val_ece_after']:.4f}; model.json rewritten")
+    return 0
+
+
+def cmd_model_card(args) -> int:
+    from .model_card import write_model_card
+
+    print(f"model card: {write_model_card(args.model, args.metrics, args.out)}")
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -148,7 +212,7 @@ def cmd_predict(args) -> int:
 
 
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict}
+            "predict": cmd_predict, "calibrate": cmd_calibrate, "model-card": cmd_model_card}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import torch
 from . import checkpoint
 from .config import config_from_dict
 from .data import scan, select
-from .metrics import binary_metrics
+from .metrics import headline_metrics
 from .predict import predict_arrays
 from .transforms import load_many
 
@@ -32,7 +32,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str) ->
                                    prep.interpolation)
     targets = [records[i].target for i in ok]
     probs = predict_arrays(model, ckpt, images)
-    result = binary_metrics(targets, probs, ckpt.threshold)
+    result = headline_metrics(targets, probs, ckpt.threshold)
     result.update({"split": split, "model": ckpt.extra.get("path"),
                    "skipped": list(errors.values())})
     return result

@@ -247,7 +247,7 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def mean_std(rows: list[dict], keys: tuple[str, ...] = HEADLINE_KEYS) -> dict:
     """Mean and sample standard deviation of each key across rows (e.g. models / seeds)."""
     out = {}
-    for key in keys:
+    for key in (k for k in keys if all(k in r for r in rows)):
         v = np.array([r[key] for r in rows], dtype=np.float64)
         out[key] = {"mean": float(np.mean(v)),
                     "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}

@@ -48,7 +48,7 @@ def predict_arrays(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.nda
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).unsqueeze(1)
         logits = model(to_model_input(x, ckpt.preprocessing)).float()
-        probs.append(torch.sigmoid(logits[:, 0]).numpy())
+        probs.append(torch.sigmoid(logits[:, 0] / ckpt.extra.get("temperature", 1.0)).numpy())
     return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
 
 

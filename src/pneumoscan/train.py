@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, checkpoint
+from .calibration import calibrate_checkpoint, predict_logits
 from .config import TrainConfig
 from .data import LABELS, Record, scan, split_train_val, write_manifest
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity
@@ -241,6 +242,8 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     threshold = threshold_for_sensitivity(y_va, p_va, cfg.target_sensitivity)
     ckpt.threshold = threshold
     ckpt.val_metrics = binary_metrics(y_va, p_va, threshold)
+    # Then a temperature on the same val logits; the threshold moves with it, labels do not.
+    calibrate_checkpoint(ckpt, y_va.astype(int), predict_logits(final, ckpt, x_va))
     best_epoch = int(best.get("epoch", -1))
     seconds = time.perf_counter() - t0
     ckpt.extra.update({**provenance, "best_epoch": best_epoch, "train_seconds": round(seconds, 1),

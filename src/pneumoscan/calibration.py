@@ -1,0 +1,112 @@
+"""Temperature scaling fitted on validation: logits, the fit, and rewriting model.json.
+
+The temperature T divides the logit before the sigmoid. It is monotonic, so the stored
+threshold is moved into the calibrated space with it and every label stays the same; only
+the probabilities become honest. Nothing here ever reads the test split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint
+from .config import config_from_dict
+from .data import scan, select
+from .metrics import (
+    binary_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    map_threshold,
+    sigmoid,
+)
+from .transforms import load_many, to_model_input
+
+
+def temperature_of(ckpt: checkpoint.Checkpoint) -> float:
+    return float(ckpt.extra.get("temperature", 1.0))  # absent in older checkpoints
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
+                   batch_size: int = 32) -> np.ndarray:
+    """(N, S, S) uint8 gray images -> (N,) float32 logits (same batches as predict_arrays)."""
+    model.eval()
+    out = [model(to_model_input(torch.from_numpy(images[i:i + batch_size]).unsqueeze(1),
+                                ckpt.preprocessing)).float()[:, 0].numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Logits -> probabilities exactly as predict_arrays computes them (float32 sigmoid)."""
+    z = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    return torch.sigmoid(z / temperature).numpy().astype(np.float64)
+
+
+def score_records(model: nn.Module, ckpt: checkpoint.Checkpoint, records: list):
+    """Decode and score records -> (kept records, targets, logits, skipped messages)."""
+    prep = ckpt.preprocessing
+    images, ok, errors = load_many([r.path for r in records], prep.input_size,
+                                   prep.interpolation)
+    kept = [records[i] for i in ok]
+    targets = np.array([r.target for r in kept], dtype=int)
+    return kept, targets, predict_logits(model, ckpt, images), list(errors.values())
+
+
+def calibrate_checkpoint(ckpt: checkpoint.Checkpoint, y_val: np.ndarray,
+                         z_val: np.ndarray) -> dict:
+    """Fit T on validation logits, store it and the mapped threshold in `ckpt` (in place).
+
+    Returns a summary: temperature, thresholds before/after, val ECE before/after.
+    """
+    old_t, old_thr = temperature_of(ckpt), ckpt.threshold
+    p_old = probabilities(z_val, old_t)
+    new_t = fit_temperature(y_val, z_val)
+    p_new = probabilities(z_val, new_t)
+    thr = map_threshold(old_thr, new_t, old_t)
+    # The stored threshold is normally one val image's float32 score; use that image's new
+    # float32 score so float rounding cannot flip it (the two differ by ~1e-7).
+    boundary = p_old >= old_thr
+    if boundary.any() and abs(p_new[boundary].min() - thr) < 1e-5:
+        thr = float(p_new[boundary].min())
+    before, after = binary_metrics(y_val, p_old, old_thr), binary_metrics(y_val, p_new, thr)
+    if any(before[k] != after[k] for k in ("tp", "fp", "tn", "fn")):
+        raise RuntimeError("temperature scaling changed a validation label; threshold mapping "
+                           f"is wrong (before {before}, after {after})")
+    ckpt.threshold = thr
+    ckpt.val_metrics = after
+    ckpt.extra["temperature"] = new_t
+    summary = {"temperature": new_t, "previous_temperature": old_t, "threshold": thr,
+               "previous_threshold": old_thr, "fitted_on": "val", "n_val": int(len(y_val)),
+               "val_ece_before": expected_calibration_error(y_val, sigmoid(z_val)),
+               "val_ece_after": expected_calibration_error(y_val, p_new)}
+    ckpt.extra["calibration"] = {k: v for k, v in summary.items()
+                                 if k not in ("temperature", "threshold")}
+    return summary
+
+
+def calibrate(model_path: str | Path | None, data_dir: str | Path) -> dict:
+    """Fit the temperature of an existing run on its val split and rewrite only its model.json.
+
+    Args:
+        model_path: run folder or model.json (None = the shipped model).
+        data_dir: the dataset the run was trained on (val is rebuilt from its seed).
+
+    Examples:
+        >>> calibrate("runs/default-seed42", "data/chest_xray")["temperature"]  # doctest: +SKIP
+    """
+    folder = checkpoint.resolve(model_path)
+    model, ckpt = checkpoint.load(folder)
+    cfg = config_from_dict(ckpt.config)
+    val = select(scan(data_dir), "val", cfg.val_fraction, cfg.seed)
+    _, y_val, z_val, _ = score_records(model, ckpt, val)
+    summary = calibrate_checkpoint(ckpt, y_val, z_val)
+    meta = ckpt.to_json()
+    meta.pop("path", None)  # load() adds the folder it read from; it is not part of the contract
+    (folder / checkpoint.META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return {"model": str(folder), **summary}
