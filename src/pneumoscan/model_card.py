@@ -24,6 +24,12 @@ def _pick(metrics: dict, folder: Path) -> dict:
                      f"{', '.join(m['provenance']['model'] for m in entries)})")
 
 
+def _marker(point: dict) -> str:
+    if not point["stored"]:
+        return ""
+    return " **(stored)**" if point["name"] == "stored threshold" else " (= stored)"
+
+
 def _ci(m: dict, key: str) -> str:
     c = m["ci"][key]
     return f"{c['value']:.3f} (95% CI {c['low']:.3f}-{c['high']:.3f})"
@@ -35,7 +41,7 @@ def render_card(m: dict, ckpt: checkpoint.Checkpoint) -> str:
     split = h["split"]
     rows = "\n".join(f"| {NAMES[k]} | {_ci(m, k)} |" for k in NAMES)
     ops = "\n".join(
-        f"| {p['name']}{' **(stored)**' if p['stored'] else ''} | {p['threshold']:.4f} | "
+        f"| {p['name']}{_marker(p)} | {p['threshold']:.4f} | "
         f"{p['val_sensitivity']:.3f} / {p['val_specificity']:.3f} | "
         f"{p['sensitivity']:.3f} / {p['specificity']:.3f} |" for p in m["operating_points"])
     etiology = "; ".join(f"{k}: {v['missed']} of {v['n']} missed ({v['miss_rate']:.1%}, 95% CI "
@@ -109,7 +115,7 @@ on validation (sensitivity / specificity):
 
 ## Known failure modes (from the error analysis)
 
-- Missed pneumonia: {h['fn']} false negatives; {etiology or 'no pneumonia images'}.
+- Missed pneumonia: {h['fn']} false negative(s); {etiology or 'no pneumonia images'}.
 - False alarms: {fp_line}
 - Near-threshold scores move with the image decoder and resize path (full-size originals and
   their 224 px copies can land on different sides of the threshold).

@@ -78,7 +78,7 @@ def reliability(bins_before: list[dict], bins_after: list[dict], ece_before: flo
         ax.bar(centres, [b["observed"] for b in bins], width=1 / 15 * 0.9, alpha=0.6,
                color="tab:blue", label="observed rate")
         ax.plot([b["mean_prob"] for b in bins], [b["observed"] for b in bins], "o",
-                color="tab:red", label="mean probability")
+                color="tab:red", label="observed rate at the bin's mean probability")
         for c, b in zip(centres, bins):
             ax.text(c, min(b["observed"] + 0.03, 0.97), str(b["count"]), ha="center", fontsize=6)
         ax.set_title(title)

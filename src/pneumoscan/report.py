@@ -199,7 +199,7 @@ def write_figures(metrics: dict, ev: Scored, out: Path) -> dict:
         items = []
         for r in rows:
             called = "PNEUMONIA" if r["probability"] >= thr else "NORMAL"
-            items.append((load_gray(r["path"], 160), f"{Path(r['path']).name[:24]}\ntruth "
+            items.append((load_gray(r["path"], 160), f"{Path(r['path']).name[:30]}\ntruth "
                            f"{r['truth']}, p={r['probability']:.3f}", called == r["truth"]))
         plots.gallery(items, figs[name])
     if metrics["history"]:

@@ -54,7 +54,8 @@ def _headline(m: dict) -> str:
 
 
 def _operating_points(m: dict) -> str:
-    rows = [[p["name"] + (" (stored)" if p["stored"] else ""), f"{p['threshold']:.4f}",
+    rows = [[p["name"] + (" (= stored)" if p["stored"] and p["name"] != "stored threshold"
+                          else ""), f"{p['threshold']:.4f}",
              _num(p["val_sensitivity"]), _num(p["val_specificity"]), _num(p["sensitivity"]),
              _num(p["specificity"])] for p in m["operating_points"]]
     split = m["headline"]["split"]
