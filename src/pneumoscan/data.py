@@ -85,7 +85,16 @@ def _sha256(path: Path) -> str:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image by its suffix, or a file without one that is DICOM by content (PACS exports
+    are often extensionless or named by a numeric UID such as 1.2.840.113619.2.55.3)."""
+    from .transforms import is_dicom  # lazy: keeps torch out of plain dataset scans
+
+    if path.name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    return (suffix == "" or suffix[1:].isdigit()) and path.is_file() and is_dicom(path)
 
 
 def scan(data_dir: str | Path) -> list[Record]:
