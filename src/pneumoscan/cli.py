@@ -153,6 +153,9 @@ COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # print a non-UTF-8 file name escaped, not crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .checkpoint import CheckpointError
     from .config import ConfigError

@@ -80,8 +80,12 @@ def find_root(data_dir: str | Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """The file's sha256, or "" when it cannot be read (decoding later reports why)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
 
 
 def is_image_file(path: Path) -> bool:
@@ -107,7 +111,9 @@ def scan(data_dir: str | Path) -> list[Record]:
             if not d.is_dir():
                 continue
             for p in sorted(d.iterdir()):
-                if not p.is_file() or not is_image_file(p) or "__MACOSX" in p.parts:
+                # Symlinks stay in even when broken or looping, so that they get reported.
+                usable = p.is_file() or p.is_symlink()
+                if not usable or not is_image_file(p) or "__MACOSX" in p.parts:
                     continue
                 patient, etiology = parse_name(p.name, label)
                 records.append(Record(str(p), split, label, etiology, patient, _sha256(p)))
@@ -128,6 +134,8 @@ def _groups(records: list[Record]) -> np.ndarray:
 
     first_by_sha: dict[str, str] = {}
     for r in records:
+        if not r.sha256:  # unreadable: nothing to compare
+            continue
         other = first_by_sha.setdefault(r.sha256, r.patient)
         parent[find(r.patient)] = find(other)
     roots = [find(r.patient) for r in records]
@@ -163,7 +171,8 @@ def select(records: list[Record], split: str, val_fraction: float, seed: int) ->
 
 
 def write_manifest(records: list[Record], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
+    # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.DictWriter(f, fieldnames=[f.name for f in fields(Record)])
         w.writeheader()
         w.writerows(asdict(r) for r in records)

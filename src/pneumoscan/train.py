@@ -193,7 +193,8 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     x_tr, y_tr, skipped = _decode(train_recs, prep.input_size, prep.interpolation)
     x_va, y_va, skipped_va = _decode(val_recs, prep.input_size, prep.interpolation)
     skipped += skipped_va
-    (run_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped))
+    (run_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped), encoding="utf-8",
+                                         errors="surrogateescape")  # names as on disk
     log.info("train %d images, val %d images, %d skipped", len(x_tr), len(x_va), len(skipped))
 
     aug = train_augmentation(cfg.aug_rotation, cfg.aug_translate, cfg.aug_zoom,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -171,6 +172,8 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
     if isinstance(name, bytes):
         name = name.decode(errors="replace")
     try:
+        if isinstance(path, str | Path) and Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
         if is_dicom(path) or (isinstance(path, str | Path) and Path(path).suffix.lower() == ".dcm"):
             gray = _dicom_to_gray8(path, name, max_pixels)
             if gray.width < 2 or gray.height < 2:
@@ -205,6 +208,8 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: image too large ({e})") from None
     except (OSError, ValueError, SyntaxError) as e:
+        if getattr(e, "errno", None) == errno.ELOOP:
+            raise ImageError(f"{name}: symbolic link loop") from None
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 
