@@ -22,6 +22,9 @@ def _data_arg(p: argparse.ArgumentParser) -> None:
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="run folder or its model.json (default: the shipped model)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept a .pt/.ckpt pickle as --model, read weights-only (trusted "
+                        "files only; model.json beside it still gives the contract)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +110,7 @@ def _fmt(v) -> str:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    result = evaluate(args.model, _data_dir(args), args.split)
+    result = evaluate(args.model, _data_dir(args), args.split, allow_pickle=args.allow_pickle)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -127,7 +130,7 @@ def cmd_predict(args) -> int:
     if not paths:
         print("pneumoscan predict: give at least one image or folder", file=sys.stderr)
         return USAGE_ERROR
-    predictor = Predictor.from_checkpoint(args.model)
+    predictor = Predictor.from_checkpoint(args.model, allow_pickle=args.allow_pickle)
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error"]
     if args.format == "json":
