@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
@@ -85,14 +86,19 @@ def save(run_dir: str | Path, model: nn.Module, ckpt: Checkpoint,
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, run_dir / WEIGHTS)
+    # Temp file + rename: a kill mid-write never leaves a half-written model behind.
+    tmp = run_dir / f".{WEIGHTS}.tmp-{os.getpid()}"
+    save_file(state, tmp)
+    os.replace(tmp, run_dir / WEIGHTS)
     ckpt.extra.setdefault("package_version", __version__)
     for key, value in git_state().items():  # fit() records these when training starts
         ckpt.extra.setdefault(key, value)
     ckpt.extra.update({"weights_dtype": str(dtype).removeprefix("torch."),
                        "weights_sha256": file_sha256(run_dir / WEIGHTS)})
     meta = run_dir / META
-    meta.write_text(json.dumps(ckpt.to_json(), indent=2, default=str) + "\n")
+    tmp = run_dir / f".{META}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(ckpt.to_json(), indent=2, default=str) + "\n")
+    os.replace(tmp, meta)
     return meta
 
 

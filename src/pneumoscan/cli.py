@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(p)
     p.add_argument("--config", default=None, help="YAML file of config keys")
     p.add_argument("--out", default=None, help="run folder (default: runs/<time>-<model>)")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue a killed run from RUN/lightning/last.ckpt with its config")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     p = sub.add_parser("evaluate", help="metrics on a split at the stored threshold")
@@ -80,8 +82,17 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import fit
 
-    cfg = load_config(args.config, args.overrides)
-    run = fit(cfg, _data_dir(args), args.out)
+    if args.resume:
+        from .resume import run_config
+
+        if args.config or args.overrides or args.out:
+            print("pneumoscan train: --resume takes the run's own config.yaml; drop "
+                  "--config, --out and key=value overrides", file=sys.stderr)
+            return USAGE_ERROR
+        run = fit(run_config(args.resume), _data_dir(args), args.resume, resume_run=True)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run = fit(cfg, _data_dir(args), args.out)
     m = run.val_metrics
     if m:
         print(f"run folder: {run.dir}\nbest epoch {run.best_epoch + 1}, {run.seconds:.0f} s; "
