@@ -197,6 +197,11 @@ def test_multi_frame_and_undecodable_syntax_are_clear_errors(sources, tmp_path):
         load_gray(tmp_path / "short.dcm", 64)
     with pytest.raises(ImageError, match="too large"):
         load_gray(_write(_dataset(g.shape), g, tmp_path / "ok.dcm"), 64, max_pixels=1000)
+    ds = _dataset(g.shape, bits=12)
+    ds.WindowCenter, ds.WindowWidth = 100, 0  # a zero-width LINEAR window is invalid
+    _write(ds, g.astype(np.uint16), tmp_path / "window.dcm")
+    with pytest.raises(ImageError, match="window.dcm: invalid DICOM display settings"):
+        load_gray(tmp_path / "window.dcm", 64)
 
 
 def test_patient_tags_never_reach_messages_logs_or_outputs(sources, tmp_path, caplog):

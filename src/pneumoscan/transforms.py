@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 MAX_PIXELS = 100_000_000
 
 # The only DICOM tags read: the pixel data and what is needed to display it. Patient and
-# study tags are never parsed, so they cannot reach a message, a log or an output file.
+# study tags are never parsed, so they cannot reach a message, a warning, a log or an output.
 _DICOM_TAGS = [
     "SpecificCharacterSet", "Modality", "SamplesPerPixel", "PhotometricInterpretation",
     "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns", "BitsAllocated", "BitsStored",
@@ -92,12 +91,9 @@ def _dicom_to_gray8(path: str | Path | BinaryIO, name: str, max_pixels: int) -> 
     (rescale slope/intercept), then VOI LUT or window, then MONOCHROME1 inverted."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
     try:
-        with warnings.catch_warnings():  # pydicom warnings may quote tag values
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, specific_tags=_DICOM_TAGS)
+        ds = pydicom.dcmread(path, force=True, specific_tags=_DICOM_TAGS)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as e:
         raise ImageError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -115,11 +111,9 @@ def _dicom_to_gray8(path: str | Path | BinaryIO, name: str, max_pixels: int) -> 
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+        arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as e:
-        if syntax is not None and syntax.is_compressed:
+        if syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed:
             raise ImageError(f"{name}: cannot decode DICOM transfer syntax {syntax_name} "
                              f"({syntax}) with the installed pixel data handlers") from None
         raise ImageError(f"{name}: cannot decode DICOM pixel data ({type(e).__name__})") from None
@@ -131,8 +125,18 @@ def _dicom_to_gray8(path: str | Path | BinaryIO, name: str, max_pixels: int) -> 
         return _to_gray8(Image.fromarray(arr.astype(np.uint8), "RGB"))
     if arr.ndim != 2:
         raise ImageError(f"{name}: unexpected DICOM pixel array shape {arr.shape}")
-    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")
+    try:
+        return _dicom_display(arr, ds, photometric)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError,
+            NotImplementedError) as e:
+        raise ImageError(f"{name}: invalid DICOM display settings (rescale, window or VOI "
+                         f"LUT: {type(e).__name__})") from None
+
+
+def _dicom_display(arr: np.ndarray, ds, photometric: str) -> Image.Image:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
+
+    with np.errstate(over="ignore", invalid="ignore"):
         a = apply_modality_lut(arr, ds).astype(np.float64)
         if ds.get("VOILUTSequence"):
             a = apply_voi_lut(np.rint(a).astype(np.int64), ds).astype(np.float64)
@@ -179,10 +183,9 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
             if gray.width < 2 or gray.height < 2:
                 raise ImageError(f"{name}: image is {gray.width}x{gray.height} pixels, too small")
             return np.asarray(gray.resize((size, size), _RESAMPLE[interpolation]), np.uint8)
-        with warnings.catch_warnings():  # our own limit below replaces PIL's size warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
+        # (warnings.catch_warnings is not thread-safe, and load_many decodes in threads:
+        # PIL's DecompressionBombWarning above 89 Mpx is left as it is.)
+        with Image.open(path) as img:
             if img.width * img.height > max_pixels:
                 raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels, "
                                  f"limit {max_pixels})")
