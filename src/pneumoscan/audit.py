@@ -102,7 +102,8 @@ def _duplicates(records: list[Record]) -> dict:
     that share a split are also listed under within_split, so each list stands on its own."""
     by_sha: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        by_sha[r.sha256].append(r)
+        if r.sha256:  # "" = unreadable, reported elsewhere
+            by_sha[r.sha256].append(r)
     within, across = [], []
     for group in by_sha.values():
         if len({r.split for r in group}) > 1:

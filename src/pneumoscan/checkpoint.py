@@ -2,13 +2,15 @@
 
 The JSON carries everything later commands need (model name, labels, preprocessing, decision
 threshold, validation metrics, the resolved config, version and git SHA), so predict, evaluate,
-explain, export and serve never re-declare any of it. Loading never unpickles.
+explain, export and serve never re-declare any of it. Loading never unpickles, except a
+.pt/.ckpt file the caller explicitly allows, and then with torch's weights-only unpickler.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,6 +26,7 @@ from .transforms import Preprocessing
 
 WEIGHTS, META = "model.safetensors", "model.json"
 FORMAT = "pneumoscan-checkpoint/1"
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 
 
 class CheckpointError(ValueError):
@@ -83,14 +86,19 @@ def save(run_dir: str | Path, model: nn.Module, ckpt: Checkpoint,
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, run_dir / WEIGHTS)
+    # Temp file + rename: a kill mid-write never leaves a half-written model behind.
+    tmp = run_dir / f".{WEIGHTS}.tmp-{os.getpid()}"
+    save_file(state, tmp)
+    os.replace(tmp, run_dir / WEIGHTS)
     ckpt.extra.setdefault("package_version", __version__)
     for key, value in git_state().items():  # fit() records these when training starts
         ckpt.extra.setdefault(key, value)
     ckpt.extra.update({"weights_dtype": str(dtype).removeprefix("torch."),
                        "weights_sha256": file_sha256(run_dir / WEIGHTS)})
     meta = run_dir / META
-    meta.write_text(json.dumps(ckpt.to_json(), indent=2, default=str) + "\n")
+    tmp = run_dir / f".{META}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(ckpt.to_json(), indent=2, default=str) + "\n")
+    os.replace(tmp, meta)
     return meta
 
 
@@ -109,9 +117,48 @@ def resolve(path: str | Path | None) -> Path:
     return p
 
 
-def load(path: str | Path | None = None) -> tuple[nn.Module, Checkpoint]:
-    """Load a model in eval mode (float32, CPU) and its checkpoint contract."""
-    folder = resolve(path)
+def _pickled_weights(path: Path, allow_pickle: bool) -> tuple[dict, Path]:
+    """Tensors from a PyTorch pickle (.pt/.ckpt) and the folder of the model.json describing
+    them (beside it, or one level up for a run's lightning/ folder). Refused unless allowed;
+    then read by torch's weights-only unpickler, which builds tensors and plain containers
+    and refuses any other callable, so a crafted pickle cannot run code."""
+    if not allow_pickle:
+        raise CheckpointError(
+            f"{path}: refusing to load a pickle file ({path.suffix}): unpickling can run "
+            f"arbitrary code. pneumoscan loads {WEIGHTS} + {META}; if you trust this file, "
+            f"pass --allow-pickle (load(..., allow_pickle=True)) to read only its tensors")
+    folder = next((d for d in (path.parent, path.parent.parent) if (d / META).is_file()), None)
+    if folder is None:
+        raise CheckpointError(f"{path}: no {META} beside it to say what model, labels, "
+                              f"preprocessing and threshold these weights belong to")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (UnpicklingError, RuntimeError, EOFError, zip errors...)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not loadable as weights only ({reason})") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    if all(k.startswith("model.") for k in state):  # a Lightning checkpoint of LitClassifier
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    return state, folder
+
+
+def load(path: str | Path | None = None,
+         allow_pickle: bool = False) -> tuple[nn.Module, Checkpoint]:
+    """Load a model in eval mode (float32, CPU) and its checkpoint contract.
+
+    Args:
+        path: run folder, model.json or model.safetensors (None: the shipped model); a
+            .pt/.ckpt pickle only with allow_pickle.
+        allow_pickle: read a pickle's tensors with torch.load(weights_only=True).
+    """
+    pickled = path is not None and Path(path).suffix.lower() in PICKLE_SUFFIXES
+    state = None
+    if pickled:
+        state, folder = _pickled_weights(Path(path), allow_pickle)
+    else:
+        folder = resolve(path)
     try:
         meta = json.loads((folder / META).read_text())
         if meta.get("format") != FORMAT:
@@ -121,8 +168,16 @@ def load(path: str | Path | None = None) -> tuple[nn.Module, Checkpoint]:
         raise CheckpointError(f"{folder / META}: malformed checkpoint metadata ({e})") from None
     num_outputs = 1 if len(ckpt.labels) == 2 else len(ckpt.labels)
     model = create_model(ckpt.model_name, pretrained=False, num_outputs=num_outputs)
-    state = {k: v.float() if v.is_floating_point() else v
-             for k, v in load_file(folder / WEIGHTS).items()}
-    model.load_state_dict(state, strict=True)
+    if state is None:
+        try:
+            state = load_file(folder / WEIGHTS)
+        except Exception as e:  # noqa: BLE001 (SafetensorError, OSError)
+            raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path or folder}: weights do not fit {ckpt.model_name} "
+                              f"({str(e).splitlines()[0]})") from None
     ckpt.extra["path"] = str(folder)
     return model.eval(), ckpt

@@ -22,6 +22,9 @@ def _data_arg(p: argparse.ArgumentParser) -> None:
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="run folder or its model.json (default: the shipped model)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept a .pt/.ckpt pickle as --model, read weights-only (trusted "
+                        "files only; model.json beside it still gives the contract)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(p)
     p.add_argument("--config", default=None, help="YAML file of config keys")
     p.add_argument("--out", default=None, help="run folder (default: runs/<time>-<model>)")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue a killed run from RUN/lightning/last.ckpt with its config")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     p = sub.add_parser("evaluate", help="metrics on a split at the stored threshold")
@@ -93,8 +98,17 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import fit
 
-    cfg = load_config(args.config, args.overrides)
-    run = fit(cfg, _data_dir(args), args.out)
+    if args.resume:
+        from .resume import run_config
+
+        if args.config or args.overrides or args.out:
+            print("pneumoscan train: --resume takes the run's own config.yaml; drop "
+                  "--config, --out and key=value overrides", file=sys.stderr)
+            return USAGE_ERROR
+        run = fit(run_config(args.resume), _data_dir(args), args.resume, resume_run=True)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run = fit(cfg, _data_dir(args), args.out)
     m = run.val_metrics
     if m:
         print(f"run folder: {run.dir}\nbest epoch {run.best_epoch + 1}, {run.seconds:.0f} s; "
@@ -126,7 +140,7 @@ def cmd_evaluate(args) -> int:
         return _evaluate_report(args, models)
     from .evaluate import evaluate
 
-    result = evaluate(models[0], _data_dir(args), args.split)
+    result = evaluate(models[0], _data_dir(args), args.split, allow_pickle=args.allow_pickle)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -191,7 +205,7 @@ def cmd_predict(args) -> int:
     if not paths:
         print("pneumoscan predict: give at least one image or folder", file=sys.stderr)
         return USAGE_ERROR
-    predictor = Predictor.from_checkpoint(args.model)
+    predictor = Predictor.from_checkpoint(args.model, allow_pickle=args.allow_pickle)
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error"]
     if args.format == "json":
@@ -217,6 +231,9 @@ COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # print a non-UTF-8 file name escaped, not crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .checkpoint import CheckpointError
     from .config import ConfigError

@@ -80,12 +80,25 @@ def find_root(data_dir: str | Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """The file's sha256, or "" when it cannot be read (decoding later reports why)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image by its suffix, or a file without one that is DICOM by content (PACS exports
+    are often extensionless or named by a numeric UID such as 1.2.840.113619.2.55.3)."""
+    from .transforms import is_dicom  # lazy: keeps torch out of plain dataset scans
+
+    if path.name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    return (suffix == "" or suffix[1:].isdigit()) and path.is_file() and is_dicom(path)
 
 
 def scan(data_dir: str | Path) -> list[Record]:
@@ -98,7 +111,9 @@ def scan(data_dir: str | Path) -> list[Record]:
             if not d.is_dir():
                 continue
             for p in sorted(d.iterdir()):
-                if not p.is_file() or not is_image_file(p) or "__MACOSX" in p.parts:
+                # Symlinks stay in even when broken or looping, so that they get reported.
+                usable = p.is_file() or p.is_symlink()
+                if not usable or not is_image_file(p) or "__MACOSX" in p.parts:
                     continue
                 patient, etiology = parse_name(p.name, label)
                 records.append(Record(str(p), split, label, etiology, patient, _sha256(p)))
@@ -119,6 +134,8 @@ def _groups(records: list[Record]) -> np.ndarray:
 
     first_by_sha: dict[str, str] = {}
     for r in records:
+        if not r.sha256:  # unreadable: nothing to compare
+            continue
         other = first_by_sha.setdefault(r.sha256, r.patient)
         parent[find(r.patient)] = find(other)
     roots = [find(r.patient) for r in records]
@@ -154,7 +171,8 @@ def select(records: list[Record], split: str, val_fraction: float, seed: int) ->
 
 
 def write_manifest(records: list[Record], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
+    # surrogateescape: a file name that is not valid UTF-8 is written back byte for byte
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.DictWriter(f, fieldnames=[f.name for f in fields(Record)])
         w.writeheader()
         w.writerows(asdict(r) for r in records)

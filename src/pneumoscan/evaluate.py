@@ -14,14 +14,15 @@ from .predict import predict_arrays
 from .transforms import load_many
 
 
-def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str) -> dict:
+def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
+             allow_pickle: bool = False) -> dict:
     """Score every image of `split` and compute metrics at the checkpoint's threshold.
 
     The carved `val` split is rebuilt from the seed and fraction stored in the checkpoint.
     Unreadable images are listed under `skipped`, not scored.
     """
     all_records = scan(data_dir)  # a missing dataset is reported before the model loads
-    model, ckpt = checkpoint.load(model_path)
+    model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)
     model = model.to(memory_format=torch.channels_last)
     cfg = config_from_dict(ckpt.config)
     records = select(all_records, split, cfg.val_fraction, cfg.seed)

@@ -66,8 +66,9 @@ class Predictor:
         self.ckpt = ckpt
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None) -> Predictor:
-        return cls(*checkpoint.load(path))
+    def from_checkpoint(cls, path: str | Path | None = None,
+                        allow_pickle: bool = False) -> Predictor:
+        return cls(*checkpoint.load(path, allow_pickle=allow_pickle))
 
     @property
     def threshold(self) -> float:

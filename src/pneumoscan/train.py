@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, resume
 from .calibration import calibrate_checkpoint, predict_logits
 from .config import TrainConfig
 from .data import LABELS, Record, scan, split_train_val, write_manifest
@@ -113,6 +113,17 @@ class LitClassifier(L.LightningModule):
         if self.history and self.history[-1]["epoch"] == self.current_epoch:
             self.history[-1].update(m)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What Lightning does not keep: the epoch history and the RNG streams (augmentation,
+        # shuffling), so that a resumed run replays the epochs an uninterrupted one would.
+        checkpoint["pneumoscan"] = {"history": self.history, "rng": resume.rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("pneumoscan", {})
+        self.history = extra.get("history", [])
+        if "rng" in extra:
+            resume.set_rng_state(extra["rng"])
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
                                 weight_decay=self.cfg.weight_decay)
@@ -177,24 +188,33 @@ def _write_history(history: list[dict], run_dir: Path) -> None:
     training_curves(history, run_dir / "curves.png")
 
 
-def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = None) -> Run:
-    """Train `cfg.model` on the train folder of `data_dir`, select on the carved val split."""
+def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = None,
+        resume_run: bool = False) -> Run:
+    """Train `cfg.model` on the train folder of `data_dir`, select on the carved val split.
+    With resume_run, continue the killed run in `run_dir` from its lightning/last.ckpt
+    (weights, optimizer, scheduler, epoch, early stopping, RNG); `cfg` must be its config."""
     t0 = time.perf_counter()
     provenance = {"package_version": __version__, **checkpoint.git_state()}
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(run_dir or Path(cfg.out_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}")
+    ckpt_path = resume.last_checkpoint(run_dir) if resume_run else None  # fail before writing
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not resume_run:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     records = _limit([r for r in scan(data_dir) if r.split == "train"], cfg.limit_per_class,
                      cfg.seed)
     train_recs, val_recs = split_train_val(records, cfg.val_fraction, cfg.seed)
-    write_manifest(train_recs + val_recs, run_dir / "split.csv")
+    if resume_run:
+        resume.check_same_split(run_dir, train_recs + val_recs)
+    else:
+        write_manifest(train_recs + val_recs, run_dir / "split.csv")
     prep = Preprocessing(input_size=cfg.image_size)
     x_tr, y_tr, skipped = _decode(train_recs, prep.input_size, prep.interpolation)
     x_va, y_va, skipped_va = _decode(val_recs, prep.input_size, prep.interpolation)
     skipped += skipped_va
-    (run_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped))
+    (run_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped), encoding="utf-8",
+                                         errors="surrogateescape")  # names as on disk
     log.info("train %d images, val %d images, %d skipped", len(x_tr), len(x_va), len(skipped))
 
     aug = train_augmentation(cfg.aug_rotation, cfg.aug_translate, cfg.aug_zoom,
@@ -222,9 +242,10 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices,
         num_nodes=cfg.num_nodes, precision=resolve_precision(cfg.precision),
         callbacks=[ckpt_cb, stop_cb], logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
+        plugins=[resume.AtomicCheckpointIO()],
         default_root_dir=run_dir, num_sanity_val_steps=0, log_every_n_steps=10,
         deterministic="warn", enable_model_summary=False)
-    trainer.fit(lit, train_dl, val_dl)
+    trainer.fit(lit, train_dl, val_dl, ckpt_path=ckpt_path, weights_only=True)
     if trainer.global_rank != 0:
         return Run(run_dir, {}, -1, time.perf_counter() - t0, skipped)
 
