@@ -58,19 +58,30 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
               name: str | None = None) -> np.ndarray:
     """Decode an image file (a path or a binary file object, e.g. an upload held in memory)
     to a (size, size) uint8 gray array, or raise ImageError naming it (`name` if given)."""
+    # Decode at reduced DCT scale when the image is much larger than needed.
+    gray = _decode_gray(path, name, draft=(size * 2, size * 2))
+    return np.asarray(gray.resize((size, size), _RESAMPLE[interpolation]), dtype=np.uint8)
+
+
+def load_gray_original(path: str | Path | BinaryIO, name: str | None = None) -> np.ndarray:
+    """Decode an image file to a uint8 gray array at its own (height, width), e.g. to show a
+    heatmap on the original geometry; ImageError as load_gray."""
+    return np.asarray(_decode_gray(path, name, draft=None), dtype=np.uint8)
+
+
+def _decode_gray(path, name: str | None, draft: tuple[int, int] | None) -> Image.Image:
     if name is None:
         name = str(path) if isinstance(path, str | Path) else getattr(path, "name", "<upload>")
     try:
         with Image.open(path) as img:
-            if img.format == "JPEG":
-                # Decode at reduced DCT scale when the image is much larger than needed.
-                img.draft("L", (size * 2, size * 2))
+            if img.format == "JPEG" and draft:
+                img.draft("L", draft)
             img = ImageOps.exif_transpose(img)
             gray = _to_gray8(img)
             if gray.width < 2 or gray.height < 2:
                 raise ImageError(f"{name}: image is {gray.width}x{gray.height} pixels, too small")
-            gray = gray.resize((size, size), _RESAMPLE[interpolation])
-            return np.asarray(gray, dtype=np.uint8)
+            gray.load()
+            return gray
     except ImageError:
         raise
     except FileNotFoundError:
