@@ -233,10 +233,11 @@ def test_unknown_method_is_a_clear_error(shipped):
         shipped.maps(np.zeros((1, 224, 224), np.uint8), method="lime")
 
 
-def test_same_file_names_do_not_overwrite(shipped, tmp_path):
-    path = str(EXAMPLES / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg")
+def test_same_file_names_do_not_overwrite(shipped, data_dir, tmp_path):
+    path = str(sorted((data_dir / "test" / "NORMAL").glob("*.jpeg"))[0])
     results = shipped.explain([path, path])
     taken: set[str] = set()
     pngs = [save(r, tmp_path, shipped.ckpt.threshold, taken=taken) for r in results]
-    assert [Path(p).name for p in pngs] == ["NORMAL2-IM-1427-0001_gradcam.png",
-                                            "NORMAL2-IM-1427-0001_gradcam_2.png"]
+    stem = Path(path).stem
+    assert [Path(p).name for p in pngs] == [f"{stem}_gradcam.png", f"{stem}_gradcam_2.png"]
+    assert all(Path(p).is_file() for p in pngs)

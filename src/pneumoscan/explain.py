@@ -20,7 +20,7 @@ from torch import nn
 
 from . import checkpoint
 from .models import get_spec
-from .predict import predict_arrays
+from .predict import Predictor, predict_arrays
 from .transforms import ImageError, load_gray_original, load_many, to_model_input
 
 METHODS = ("gradcam", "occlusion")
@@ -177,7 +177,8 @@ class Explainer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None) -> Explainer:
-        return cls(*checkpoint.load(path))
+        p = Predictor.from_checkpoint(path)  # the same model set-up as prediction
+        return cls(p.model, p.ckpt)
 
     def maps(self, images: np.ndarray, method: str = "gradcam", target: int = 0,
              occlusion_settings: OcclusionSettings = OcclusionSettings()) -> np.ndarray:
@@ -264,12 +265,11 @@ def render(e: Explanation, threshold: float, out: Path, width_in: float = 5.0,
 
     height, width = e.image.shape
     cmap = colormaps["turbo"]
-    overlay = cmap(e.heatmap)
-    overlay[..., 3] = 0.55 * e.heatmap
     fig = Figure(figsize=(width_in, width_in * height / width * 0.85 + 0.7))
     ax = fig.add_subplot()
     ax.imshow(e.image, cmap="gray", vmin=0, vmax=255, interpolation="antialiased")
-    ax.imshow(overlay, interpolation="antialiased")
+    ax.imshow(e.heatmap, cmap=cmap, vmin=0, vmax=1, alpha=0.55 * e.heatmap,
+              interpolation="antialiased")
     ax.set_axis_off()
     ax.set_title(f"{e.label}: p(pneumonia) = {e.probability:.3f} (threshold {threshold:.3f})\n"
                  f"{_TITLES[e.method]} · {Path(e.path).name}", fontsize=9)
