@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="an image (repeatable)")
     _model_arg(p)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--explain", default=None, metavar="DIR",
+                   help="also write a Grad-CAM overlay PNG per image into DIR")
+
+    p = sub.add_parser("explain", help="heatmap overlays (Grad-CAM or occlusion) per image")
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam")
+    p.add_argument("--out", default="explanations", help="folder for the PNGs (and .npy)")
+    _model_arg(p)
+    p.add_argument("--save-npy", action="store_true",
+                   help="also write the raw map (original size, float32 in [0, 1]) as .npy")
     return parser
 
 
@@ -222,11 +232,45 @@ def cmd_predict(args) -> int:
     for r in rows:
         if r["error"]:
             print(f"error: {r['error']}", file=sys.stderr)
+    if args.explain:
+        from .explain import Explainer
+
+        ok = [r["path"] for r in rows if not r["error"]]
+        _write_explanations(Explainer(predictor.model, predictor.ckpt), ok, "gradcam",
+                            args.explain, save_npy=False)
+    return SOME_FAILED if any(r["error"] for r in rows) else 0
+
+
+def _write_explanations(explainer, paths: list[str], method: str, out: str,
+                        save_npy: bool) -> list[dict]:
+    from .explain import save
+
+    rows, taken = [], set()
+    for e in explainer.iter_explain(paths, method, progress=len(paths) > 1):
+        png = None if e.error else save(e, out, explainer.ckpt.threshold, save_npy, taken)
+        rows.append({"path": e.path, "probability": e.probability, "label": e.label,
+                     "png": png and str(png), "error": e.error})
+    return rows
+
+
+def cmd_explain(args) -> int:
+    from .explain import Explainer
+    from .predict import expand_inputs
+
+    explainer = Explainer.from_checkpoint(args.model)
+    rows = _write_explanations(explainer, expand_inputs(args.paths), args.method, args.out,
+                               args.save_npy)
+    print(_table(rows, ["path", "probability", "label", "png"]))
+    print(f"threshold {explainer.ckpt.threshold:.4f}; research use only, not a diagnosis")
+    for r in rows:
+        if r["error"]:
+            print(f"error: {r['error']}", file=sys.stderr)
     return SOME_FAILED if any(r["error"] for r in rows) else 0
 
 
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "calibrate": cmd_calibrate, "model-card": cmd_model_card}
+            "predict": cmd_predict, "calibrate": cmd_calibrate, "model-card": cmd_model_card,
+            "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,6 +171,20 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
         >>> load_gray("examples/NORMAL/NORMAL2-IM-1427-0001.jpeg", 224).shape
         (224, 224)
     """
+    # Decode at reduced DCT scale when the image is much larger than needed.
+    gray = _decode_gray(path, name, (size * 2, size * 2), max_pixels)
+    return np.asarray(gray.resize((size, size), _RESAMPLE[interpolation]), dtype=np.uint8)
+
+
+def load_gray_original(path: str | Path | BinaryIO, name: str | None = None,
+                       max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to a uint8 gray array at its own (height, width), e.g. to show a
+    heatmap on the original geometry; ImageError as load_gray."""
+    return np.asarray(_decode_gray(path, name, None, max_pixels), dtype=np.uint8)
+
+
+def _decode_gray(path, name: str | None, draft: tuple[int, int] | None,
+                 max_pixels: int) -> Image.Image:
     if name is None:
         name = str(path) if isinstance(path, str | Path) else getattr(path, "name", "<upload>")
     if isinstance(name, bytes):
@@ -180,24 +194,21 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
             raise ImageError(f"{name}: empty file (0 bytes)")
         if is_dicom(path) or (isinstance(path, str | Path) and Path(path).suffix.lower() == ".dcm"):
             gray = _dicom_to_gray8(path, name, max_pixels)
-            if gray.width < 2 or gray.height < 2:
-                raise ImageError(f"{name}: image is {gray.width}x{gray.height} pixels, too small")
-            return np.asarray(gray.resize((size, size), _RESAMPLE[interpolation]), np.uint8)
-        # (warnings.catch_warnings is not thread-safe, and load_many decodes in threads:
-        # PIL's DecompressionBombWarning above 89 Mpx is left as it is.)
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels, "
-                                 f"limit {max_pixels})")
-            if img.format == "JPEG":
-                # Decode at reduced DCT scale when the image is much larger than needed.
-                img.draft("L", (size * 2, size * 2))
-            img = ImageOps.exif_transpose(img)
-            gray = _to_gray8(img)
-            if gray.width < 2 or gray.height < 2:
-                raise ImageError(f"{name}: image is {gray.width}x{gray.height} pixels, too small")
-            gray = gray.resize((size, size), _RESAMPLE[interpolation])
-            return np.asarray(gray, dtype=np.uint8)
+        else:
+            # (warnings.catch_warnings is not thread-safe, and load_many decodes in threads:
+            # PIL's DecompressionBombWarning above 89 Mpx is left as it is.)
+            with Image.open(path) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageError(f"{name}: image too large ({img.width}x{img.height} "
+                                     f"pixels, limit {max_pixels})")
+                if img.format == "JPEG" and draft:
+                    img.draft("L", draft)
+                img = ImageOps.exif_transpose(img)
+                gray = _to_gray8(img)
+                gray.load()
+        if gray.width < 2 or gray.height < 2:
+            raise ImageError(f"{name}: image is {gray.width}x{gray.height} pixels, too small")
+        return gray
     except ImageError:
         raise
     except FileNotFoundError:

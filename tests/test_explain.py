@@ -1,0 +1,243 @@
+"""Explanations on real X-rays: geometry and range, sanity checks that the maps mean something
+(model randomisation, deletion), the numpy CAM used with ONNX, the model left untouched, CLI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from scipy.stats import spearmanr
+
+from pneumoscan import checkpoint
+from pneumoscan.cli import main
+from pneumoscan.explain import (
+    Explainer,
+    OcclusionSettings,
+    blank_pixels,
+    cam_from_features,
+    gradcam,
+    occlusion,
+    save,
+)
+from pneumoscan.models import create_model, get_spec
+from pneumoscan.predict import Predictor, predict_arrays
+from pneumoscan.transforms import Preprocessing, load_many, to_model_input
+
+from .conftest import EXAMPLES
+
+RANDOMISATION_BOUND = 0.3  # mean Spearman rho, trained vs randomised weights (measured ~0.0)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Explainer:
+    return Explainer.from_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def detected_pneumonia(shipped, data_dir):
+    """36 pneumonia test images (spread over the folder) the shipped model flags, with maps."""
+    paths = sorted((data_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[::10][:36]
+    images, ok, errors = load_many(paths, 224)
+    assert not errors
+    probs = predict_arrays(shipped.model, shipped.ckpt, images)
+    keep = probs >= shipped.ckpt.threshold
+    return images[keep], shipped.maps(images[keep]), probs[keep]
+
+
+def _original_size(path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img).size
+
+
+def _model_state(model: torch.nn.Module) -> dict:
+    """Everything explaining must leave as it was: modes, flags, grads, weights, hooks."""
+    hooks = {(name, attr): len(value) for name, m in model.named_modules()
+             for attr, value in vars(m).items() if "hooks" in attr and isinstance(value, dict)}
+    g = torch.nn.modules.module
+    global_hooks = [len(getattr(g, a)) for a in dir(g) if a.startswith("_global_")
+                    and a.endswith("hooks") and isinstance(getattr(g, a), dict)]
+    return {"modes": [m.training for m in model.modules()],
+            "requires_grad": [p.requires_grad for p in model.parameters()],
+            "grads": [p.grad is None for p in model.parameters()],
+            "weights": {k: v.clone() for k, v in model.state_dict().items()},
+            "hooks": hooks, "global_hooks": global_hooks}
+
+
+def _assert_same_state(before: dict, after: dict) -> None:
+    for key in ("modes", "requires_grad", "grads", "hooks", "global_hooks"):
+        assert before[key] == after[key], key
+    for k, v in before["weights"].items():  # batch-norm running statistics included
+        assert torch.equal(v, after["weights"][k]), k
+    assert sum(before["hooks"].values()) == 0
+
+
+def test_maps_on_full_size_originals_keep_their_geometry(shipped):
+    paths = [EXAMPLES / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg",
+             EXAMPLES / "PNEUMONIA" / "person1951_bacteria_4882.jpeg",
+             EXAMPLES / "PNEUMONIA" / "person1946_bacteria_4874.jpeg"]
+    results = shipped.explain([str(p) for p in paths])
+    predictions = Predictor(shipped.model, shipped.ckpt).predict([str(p) for p in paths])
+    assert len(results) == len(paths)
+    for r, pred, path in zip(results, predictions, paths):
+        width, height = _original_size(path)
+        assert r.error is None and width != height
+        assert r.heatmap.shape == r.image.shape == (height, width)
+        assert r.heatmap.dtype == np.float32 and np.isfinite(r.heatmap).all()
+        assert 0.0 <= r.heatmap.min() and r.heatmap.max() <= 1.0
+        assert abs(r.probability - pred.probability) < 1e-6 and r.label == pred.label
+    assert all(r.heatmap.max() > 0.9 for r in results if r.label == "PNEUMONIA")
+
+
+def test_cam_from_features_equals_captum_gradcam(shipped, data_dir):
+    """The numpy CAM that ONNX Runtime deployments use (exported `features` output + the
+    classifier row) gives captum's Grad-CAM of the torch model on real images."""
+    model, ckpt = shipped.model, shipped.ckpt
+    assert get_spec(ckpt.model_name).target_layer(model) is model.bn2
+    paths = sorted((data_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[:4] + \
+        sorted((data_dir / "test" / "NORMAL").glob("*.jpeg"))[:2]
+    images, _, _ = load_many(paths, 224)
+    with torch.no_grad():  # bn2's output: what an ONNX export returns as `features`
+        x = to_model_input(torch.from_numpy(images).unsqueeze(1), ckpt.preprocessing)
+        features = model.forward_features(x).numpy()
+    weights = model.classifier.weight[0].detach().numpy()
+    cams = gradcam(model, ckpt, images)
+    assert cams.shape == (6, 7, 7) and cams[:4].max() > 0
+    for feat, cam in zip(features, cams):
+        np.testing.assert_allclose(cam_from_features(feat, weights), cam, atol=1e-5)
+
+    # and on a full-size original, resized to its geometry in the same way
+    path = EXAMPLES / "PNEUMONIA" / "person1954_bacteria_4886.jpeg"
+    r = shipped.explain([str(path)])[0]
+    orig, _, _ = load_many([path], 224)
+    with torch.no_grad():
+        x = to_model_input(torch.from_numpy(orig).unsqueeze(1), ckpt.preprocessing)
+        feat = model.forward_features(x).numpy()[0]
+    height, width = r.heatmap.shape
+    np.testing.assert_allclose(cam_from_features(feat, weights, width, height), r.heatmap,
+                               atol=1e-5)
+
+
+def test_model_randomisation_changes_the_maps(shipped, detected_pneumonia):
+    """Adebayo et al. 2018: maps that survive randomising the weights explain nothing."""
+    images, trained_maps, _ = detected_pneumonia
+    images, trained_maps = images[:12], trained_maps[:12]
+    torch.manual_seed(0)
+    random_model = create_model(shipped.ckpt.model_name, pretrained=False).eval()
+    random_maps = Explainer(random_model, shipped.ckpt).maps(images)
+    rhos = [spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(trained_maps, random_maps)]
+    print(f"model randomisation: mean Spearman rho {np.mean(rhos):.3f} over {len(rhos)} images")
+    assert np.isfinite(rhos).all()
+    assert np.mean(rhos) < RANDOMISATION_BOUND
+
+
+def test_deleting_salient_pixels_lowers_pneumonia_probability_more_than_random(
+        shipped, detected_pneumonia):
+    images, maps, probs = detected_pneumonia
+    assert len(images) >= 30
+    salient = predict_arrays(shipped.model, shipped.ckpt, blank_pixels(images, maps, 0.1))
+    random = predict_arrays(shipped.model, shipped.ckpt,
+                            blank_pixels(images, None, 0.1, np.random.default_rng(0)))
+    drop_salient, drop_random = np.mean(probs - salient), np.mean(probs - random)
+    print(f"deletion (top 10% -> image mean), {len(images)} images: mean probability drop "
+          f"{drop_salient:.4f} salient vs {drop_random:.4f} random")
+    assert drop_salient > drop_random
+
+
+def test_blank_pixels_blanks_exactly_the_fraction():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 20, 20), dtype=np.uint8)
+    maps = rng.random((2, 20, 20)).astype(np.float32)
+    out = blank_pixels(images, maps, 0.1)
+    for img, m, o in zip(images, maps, out):
+        changed = img != o
+        top = m >= np.sort(m.ravel())[-40]
+        assert changed.sum() <= 40 and not (changed & ~top).any()
+        assert (o[top] == round(float(img.mean()))).all()
+
+
+@pytest.mark.parametrize("name", ["custom-cnn", "efficientnet-lite0"])
+def test_model_is_left_exactly_as_found(name, data_dir):
+    """Both methods, on a model put in train mode with some weights frozen."""
+    model = create_model(name, pretrained=False)
+    ckpt = checkpoint.Checkpoint(name, ["NORMAL", "PNEUMONIA"], Preprocessing(input_size=96), 0.5)
+    model.train()
+    for p in list(model.parameters())[:3]:
+        p.requires_grad_(False)
+    images, _, _ = load_many(sorted((data_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[:2], 96)
+    before = _model_state(model)
+    maps = gradcam(model, ckpt, images)
+    occ = occlusion(model, ckpt, images[:1], settings=OcclusionSettings(window=32, stride=32))
+    explained = Explainer(model, ckpt).maps(images)
+    _assert_same_state(before, _model_state(model))
+    assert maps.shape[0] == 2 and occ.shape == (1, 96, 96) and explained.shape == (2, 96, 96)
+    for m in (maps, occ, explained):
+        assert np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
+
+
+def test_occlusion_costs_the_stated_forward_passes(data_dir):
+    base = create_model("custom-cnn", pretrained=False).eval()
+    seen = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x):
+            seen.append(len(x))
+            return self.base(x)
+
+    ckpt = checkpoint.Checkpoint("custom-cnn", ["NORMAL", "PNEUMONIA"],
+                                 Preprocessing(input_size=64), 0.5)
+    images, _, _ = load_many(sorted((data_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[:1], 64)
+    settings = OcclusionSettings(window=16, stride=8, batch_size=16)
+    maps = occlusion(Counting(), ckpt, images, settings=settings)
+    assert sum(seen) == settings.forward_passes(64) == 50
+    assert OcclusionSettings().forward_passes(224) == 170
+    assert maps.shape == (1, 64, 64) and maps.max() == 1.0
+
+
+def test_explain_cli_writes_overlays_and_reports_the_bad_file(tmp_path, capsys):
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(b"not a jpeg")
+    good = [EXAMPLES / "PNEUMONIA" / "person1951_bacteria_4882.jpeg",
+            EXAMPLES / "NORMAL" / "NORMAL2-IM-1430-0001.jpeg"]
+    out = tmp_path / "out"
+    code = main(["explain", str(good[0]), str(bad), str(good[1]), "--out", str(out),
+                 "--save-npy"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.jpeg" in captured.err and "not a readable image" in captured.err
+    for path in good:
+        png = out / f"{path.stem}_gradcam.png"
+        assert png.stat().st_size < 300_000
+        with Image.open(png) as img:
+            assert img.format == "PNG"
+        heatmap = np.load(out / f"{path.stem}_gradcam.npy")
+        width, height = _original_size(path)
+        assert heatmap.shape == (height, width) and heatmap.dtype == np.float32
+        assert str(png) in captured.out
+    assert len(list(out.iterdir())) == 4
+
+
+def test_predict_explain_writes_overlays_beside_the_predictions(tmp_path, capsys):
+    path = EXAMPLES / "PNEUMONIA" / "person1946_bacteria_4874.jpeg"
+    assert main(["predict", str(path), "--explain", str(tmp_path), "--format", "json"]) == 0
+    assert "PNEUMONIA" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == [f"{path.stem}_gradcam.png"]
+
+
+def test_unknown_method_is_a_clear_error(shipped):
+    with pytest.raises(ValueError, match="unknown method 'lime'"):
+        shipped.maps(np.zeros((1, 224, 224), np.uint8), method="lime")
+
+
+def test_same_file_names_do_not_overwrite(shipped, data_dir, tmp_path):
+    path = str(sorted((data_dir / "test" / "NORMAL").glob("*.jpeg"))[0])
+    results = shipped.explain([path, path])
+    taken: set[str] = set()
+    pngs = [save(r, tmp_path, shipped.ckpt.threshold, taken=taken) for r in results]
+    stem = Path(path).stem
+    assert [Path(p).name for p in pngs] == [f"{stem}_gradcam.png", f"{stem}_gradcam_2.png"]
+    assert all(Path(p).is_file() for p in pngs)
