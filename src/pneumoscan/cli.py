@@ -56,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="an image (repeatable)")
     _model_arg(p)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch (default) or ONNX Runtime")
+    p.add_argument("--onnx", default=None,
+                   help="exported .onnx file for --runtime onnx (from 'pneumoscan export')")
+
+    p = sub.add_parser("export", help="export a model to ONNX (+ INT8), parity-checked")
+    _data_arg(p)
+    _model_arg(p)
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", default="model.onnx", help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <out>.int8.onnx, statically quantized on val images")
     return parser
 
 
@@ -127,7 +139,16 @@ def cmd_predict(args) -> int:
     if not paths:
         print("pneumoscan predict: give at least one image or folder", file=sys.stderr)
         return USAGE_ERROR
-    predictor = Predictor.from_checkpoint(args.model)
+    if args.runtime == "onnx":
+        from .onnx_predict import OnnxPredictor
+
+        if not args.onnx:
+            print("pneumoscan predict: --runtime onnx needs --onnx FILE (make one with "
+                  "'pneumoscan export')", file=sys.stderr)
+            return USAGE_ERROR
+        predictor = OnnxPredictor.from_onnx(args.onnx)
+    else:
+        predictor = Predictor.from_checkpoint(args.model)
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error"]
     if args.format == "json":
@@ -147,8 +168,18 @@ def cmd_predict(args) -> int:
     return SOME_FAILED if any(r["error"] for r in rows) else 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_from_data
+
+    report = export_from_data(args.model, args.out, _data_dir(args), int8=args.int8)
+    for kind, r in report.items():
+        print(f"{kind}: {r['path']}  parity on {r['n']} val images: max |dp| "
+              f"{r['max_abs_prob_diff']:.2e}, label flips {r['label_flips']}")
+    return 0
+
+
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict}
+            "predict": cmd_predict, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DatasetNotFound
+    from .export import ExportError
 
     try:
         return COMMANDS[args.command](args)
-    except (DatasetNotFound, CheckpointError, ConfigError) as e:
+    except (DatasetNotFound, CheckpointError, ConfigError, ExportError) as e:
         print(f"pneumoscan {args.command}: {e}", file=sys.stderr)
         return USAGE_ERROR
 

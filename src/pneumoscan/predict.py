@@ -39,17 +39,23 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return out
 
 
+def probabilities_from_logits(logits: np.ndarray, ckpt: checkpoint.Checkpoint) -> np.ndarray:
+    """(N,) logits -> (N,) pneumonia probabilities (float64); the one place every runtime
+    (torch, ONNX) turns a logit into the probability compared with the stored threshold."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 @torch.inference_mode()
 def predict_arrays(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
                    batch_size: int = 32) -> np.ndarray:
     """(N, S, S) uint8 gray images -> (N,) pneumonia probabilities (float64)."""
     model.eval()
-    probs = []
+    logits = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(images[i:i + batch_size]).unsqueeze(1)
-        logits = model(to_model_input(x, ckpt.preprocessing)).float()
-        probs.append(torch.sigmoid(logits[:, 0]).numpy())
-    return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
+        logits.append(model(to_model_input(x, ckpt.preprocessing)).float()[:, 0].numpy())
+    return probabilities_from_logits(np.concatenate(logits) if logits else np.zeros(0), ckpt)
 
 
 class Predictor:
@@ -76,6 +82,10 @@ class Predictor:
     def label_of(self, probability: float) -> str:
         return self.ckpt.labels[int(probability >= self.threshold)]
 
+    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(N, S, S) uint8 -> (N,) probabilities; runtimes other than torch override this."""
+        return predict_arrays(self.model, self.ckpt, images, batch_size)
+
     def predict(self, paths: list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per path, in order; an unreadable file gets `error` and no score."""
         prep = self.ckpt.preprocessing
@@ -87,7 +97,7 @@ class Predictor:
                 is_dir = Path(chunk[j]).is_dir()
                 results[start + j].error = (f"{chunk[j]}: folder holds no image files"
                                             if is_dir else message)
-            for j, prob in zip(ok, predict_arrays(self.model, self.ckpt, arr, batch_size)):
+            for j, prob in zip(ok, self.probabilities(arr, batch_size)):
                 r = results[start + j]
                 r.probability, r.label = float(prob), self.label_of(prob)
         return results
