@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="an image (repeatable)")
     _model_arg(p)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--bf16", action="store_true",
+                   help="torch runtime: bf16 autocast (faster on AVX-512 BF16 CPUs; may flip "
+                        "labels near the threshold)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch (default) or ONNX Runtime")
     p.add_argument("--onnx", default=None,
@@ -68,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model.onnx", help="the .onnx file to write")
     p.add_argument("--int8", action="store_true",
                    help="also write <out>.int8.onnx, statically quantized on val images")
+
+    p = sub.add_parser("bench", help="speed figures of every runtime, side by side")
+    _data_arg(p)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--quick", action="store_true", help="fewer images, no INT8/training (~1 min)")
+    p.add_argument("--repeats", type=int, default=3)
     return parser
 
 
@@ -148,7 +157,7 @@ def cmd_predict(args) -> int:
             return USAGE_ERROR
         predictor = OnnxPredictor.from_onnx(args.onnx)
     else:
-        predictor = Predictor.from_checkpoint(args.model)
+        predictor = Predictor.from_checkpoint(args.model, bf16=args.bf16)
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error"]
     if args.format == "json":
@@ -178,8 +187,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from .bench import BenchOptions, format_tables, run
+
+    result = run(BenchOptions(Path(_data_dir(args)), args.quick, args.repeats))
+    print(json.dumps(result, indent=2) if args.format == "json" else format_tables(result))
+    return 0
+
+
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "export": cmd_export}
+            "predict": cmd_predict, "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
