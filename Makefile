@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/predict_speed.py
+	$(BIN)/pneumoscan bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -63,3 +63,11 @@ def test_shipped_model_on_the_full_size_examples():
     pneumonia_hits = sum(r.label == t == "PNEUMONIA" for r, t in zip(results, truth))
     assert pneumonia_hits == 8  # sensitivity first: a screening aid must not miss these
     assert correct >= 12
+
+
+def test_bf16_option_stays_close_to_fp32(tiny_run, small_data):
+    images = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
+    ref = Predictor.from_checkpoint(tiny_run.dir).predict(images, batch_size=4)
+    fast = Predictor.from_checkpoint(tiny_run.dir, bf16=True).predict(images, batch_size=4)
+    assert [r.path for r in fast] == images
+    assert max(abs(a.probability - b.probability) for a, b in zip(ref, fast)) < 0.05

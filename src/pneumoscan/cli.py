@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--explain", default=None, metavar="DIR",
                    help="also write a Grad-CAM overlay PNG per image into DIR")
+    p.add_argument("--bf16", action="store_true",
+                   help="torch runtime: bf16 autocast (faster on AVX-512 BF16 CPUs; may flip "
+                        "labels near the threshold)")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch (default) or ONNX Runtime")
+    p.add_argument("--onnx", default=None,
+                   help="exported .onnx file for --runtime onnx (from 'pneumoscan export')")
 
     p = sub.add_parser("explain", help="heatmap overlays (Grad-CAM or occlusion) per image")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
@@ -87,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--save-npy", action="store_true",
                    help="also write the raw map (original size, float32 in [0, 1]) as .npy")
+
+    p = sub.add_parser("export", help="export a model to ONNX (+ INT8), parity-checked")
+    _data_arg(p)
+    _model_arg(p)
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", default="model.onnx", help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <out>.int8.onnx, statically quantized on val images")
+
+    p = sub.add_parser("bench", help="speed figures of every runtime, side by side")
+    _data_arg(p)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--quick", action="store_true", help="fewer images, no INT8/training (~1 min)")
+    p.add_argument("--repeats", type=int, default=3)
     return parser
 
 
@@ -215,7 +236,17 @@ def cmd_predict(args) -> int:
     if not paths:
         print("pneumoscan predict: give at least one image or folder", file=sys.stderr)
         return USAGE_ERROR
-    predictor = Predictor.from_checkpoint(args.model, allow_pickle=args.allow_pickle)
+    if args.runtime == "onnx":
+        from .onnx_predict import OnnxPredictor
+
+        if not args.onnx:
+            print("pneumoscan predict: --runtime onnx needs --onnx FILE (make one with "
+                  "'pneumoscan export')", file=sys.stderr)
+            return USAGE_ERROR
+        predictor = OnnxPredictor.from_onnx(args.onnx)
+    else:
+        predictor = Predictor.from_checkpoint(args.model, bf16=args.bf16,
+                                              allow_pickle=args.allow_pickle)
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error"]
     if args.format == "json":
@@ -268,9 +299,29 @@ def cmd_explain(args) -> int:
     return SOME_FAILED if any(r["error"] for r in rows) else 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_from_data
+
+    report = export_from_data(args.model, args.out, _data_dir(args), int8=args.int8)
+    for kind, r in report.items():
+        print(f"{kind}: {r['path']}  parity on {r['n']} val images: max |dp| "
+              f"{r['max_abs_prob_diff']:.2e}, label flips {r['label_flips']}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from .bench import BenchOptions, format_tables, run
+
+    result = run(BenchOptions(Path(_data_dir(args)), args.quick, args.repeats))
+    print(json.dumps(result, indent=2) if args.format == "json" else format_tables(result))
+    return 0
+
+
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "calibrate": cmd_calibrate, "model-card": cmd_model_card,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,10 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DatasetNotFound
+    from .export import ExportError
 
     try:
         return COMMANDS[args.command](args)
-    except (DatasetNotFound, CheckpointError, ConfigError) as e:
+    except (DatasetNotFound, CheckpointError, ConfigError, ExportError) as e:
         print(f"pneumoscan {args.command}: {e}", file=sys.stderr)
         return USAGE_ERROR
 

@@ -37,6 +37,7 @@ class TrainConfig:
     num_workers: int = 0
     accelerator: str = "auto"
     devices: str = "auto"
+    strategy: str = "auto"
     num_nodes: int = 1
     out_dir: str = "runs"
 

@@ -51,7 +51,8 @@ class ImageSet(Dataset):
         x = torch.from_numpy(self.images[i]).unsqueeze(0)
         if self.transform is not None:
             x = self.transform(x)
-        return x, torch.tensor(self.targets[i], dtype=torch.float32)
+        # The index lets DDP drop the copies DistributedSampler pads the last batch with.
+        return x, torch.tensor(self.targets[i], dtype=torch.float32), i
 
 
 class LitClassifier(L.LightningModule):
@@ -70,10 +71,10 @@ class LitClassifier(L.LightningModule):
         return self.model(to_model_input(x, self.prep))[:, 0]
 
     def _step(self, batch, stage: str):
-        x, y = batch
+        x, y, idx = batch
         logits = self(x)
         loss = self.loss_fn(logits.float(), y)
-        self._outs[stage].append((torch.sigmoid(logits.detach().float()), y, loss.detach()))
+        self._outs[stage].append((torch.sigmoid(logits.detach().float()), y, loss.detach(), idx))
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -92,12 +93,16 @@ class LitClassifier(L.LightningModule):
         p = torch.cat([o[0] for o in outs])
         y = torch.cat([o[1] for o in outs])
         loss = torch.stack([o[2] for o in outs]).mean()
+        idx = torch.cat([o[3] for o in outs])
         if self.trainer.world_size > 1:  # every rank sees the whole split's scores
             p, y = self.all_gather(p).flatten(), self.all_gather(y).flatten()
+            idx = self.all_gather(idx).flatten()
             loss = self.all_gather(loss).mean()
-        p, y = p.cpu().numpy(), y.cpu().numpy()
+        p, y, idx = p.cpu().numpy(), y.cpu().numpy(), idx.cpu().numpy()
+        _, first = np.unique(idx, return_index=True)  # each image once, padding dropped
+        p, y = p[first], y[first]
         return {f"{stage}_loss": float(loss), f"{stage}_acc": float(((p >= 0.5) == y).mean()),
-                f"{stage}_auroc": auroc(y, p)}
+                f"{stage}_auroc": auroc(y, p), f"{stage}_n": len(p)}
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
@@ -240,7 +245,7 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices,
-        num_nodes=cfg.num_nodes, precision=resolve_precision(cfg.precision),
+        num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=resolve_precision(cfg.precision),
         callbacks=[ckpt_cb, stop_cb], logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
         plugins=[resume.AtomicCheckpointIO()],
         default_root_dir=run_dir, num_sanity_val_steps=0, log_every_n_steps=10,

@@ -1,0 +1,241 @@
+"""`pneumoscan bench`: speed figures measured side by side in one run (figures, not tests).
+
+Every figure is the median of `repeats` timed runs after one warm-up run. Peak RSS is the
+process's peak resident memory after each stage (cumulative: stages run in one process).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import checkpoint
+from .predict import Predictor, expand_inputs
+
+# fp32 peak = cores x clock x SIMD lanes x 2 (an FMA is two FLOPs) x FMA pipes per core.
+FP32_LANES = {"avx512f": 16, "avx2": 8}
+FMA_PIPES = 2  # Zen 4/5 and Intel server cores issue two vector FMAs per cycle
+
+
+@dataclass
+class BenchOptions:
+    data_dir: Path
+    quick: bool = False
+    repeats: int = 3
+
+
+def median_time(fn, repeats: int, warm_up=None) -> float:
+    (warm_up or fn)()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = {k.strip(): v.strip() for k, _, v in
+             (line.partition(":") for line in info.splitlines()) if v}
+    flags = set(field.get("flags", "").split())
+    lanes = next((n for f, n in FP32_LANES.items() if f in flags), 4)
+    mhz = float(field.get("cpu MHz", 0) or 0)
+    cores = os.cpu_count() or 1
+    import onnxruntime
+    import timm
+
+    return {"cpu": field.get("model name", platform.processor()), "cores": cores,
+            "clock_ghz": round(mhz / 1000, 3), "fp32_lanes": lanes,
+            "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+            "peak_fp32_gflops": round(cores * mhz / 1000 * lanes * 2 * FMA_PIPES, 1),
+            "peak_formula": f"{cores} cores x {mhz / 1000:.2f} GHz x {lanes} fp32 lanes x "
+                            f"2 (FMA) x {FMA_PIPES} FMA pipes",
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "timm": timm.__version__, "pillow": Image.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+class NaivePipeline:
+    """The original project's way: full-size PIL decode, resize, fp32 NCHW eager, batch 1.
+    Deliberately not the package's transforms: it is the baseline being measured against."""
+
+    def __init__(self, model, ckpt):
+        self.model = model.eval().to(memory_format=torch.contiguous_format)
+        self.prep = ckpt.preprocessing
+
+    @torch.inference_mode()
+    def predict(self, paths: list[str]) -> list[float]:
+        out = []
+        for p in paths:
+            with Image.open(p) as img:
+                img = img.convert("L").resize((self.prep.input_size,) * 2, Image.BILINEAR)
+            x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+            x = ((x - self.prep.mean) / self.prep.std).expand(1, 3, -1, -1).contiguous()
+            out.append(float(torch.sigmoid(self.model(x))[0, 0]))
+        return out
+
+
+def end_to_end(pipelines: dict, sets: dict[str, list[str]], repeats: int) -> list[dict]:
+    rows = []
+    for set_name, paths in sets.items():
+        base = None
+        for name, predict in pipelines.items():
+            s = median_time(lambda f=predict, p=paths: f(p), repeats,
+                            warm_up=lambda f=predict, p=paths: f(p[:8]))
+            ips = len(paths) / s
+            base = base or ips
+            rows.append({"images": set_name, "n": len(paths), "pipeline": name,
+                         "images_per_s": round(ips, 1), "x_naive": round(ips / base, 2),
+                         "peak_rss_mb": round(peak_rss_mb())})
+    return rows
+
+
+@torch.inference_mode()
+def model_only(model, size: int, repeats: int, peak_gflops: float) -> list[dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    gflop = counter.get_total_flops() / 1e9
+    rows = []
+    for name, bf16 in (("fp32 channels-last", False), ("bf16 channels-last", True)):
+        x32 = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
+        x1 = x32[:1].contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            s32 = median_time(lambda x=x32: model(x), repeats)
+            model(x1)
+            lat = []
+            for _ in range(max(10, repeats * 10)):
+                t = time.perf_counter()
+                model(x1)
+                lat.append(time.perf_counter() - t)
+        ips = 32 / s32
+        rows.append({"model": name, "batch32_images_per_s": round(ips, 1),
+                     "batch1_p50_ms": round(1000 * float(np.percentile(lat, 50)), 1),
+                     "batch1_p95_ms": round(1000 * float(np.percentile(lat, 95)), 1),
+                     "gflop_per_image": round(gflop, 3),
+                     "fraction_of_fp32_peak": round(ips * gflop / peak_gflops, 3),
+                     "peak_rss_mb": round(peak_rss_mb())})
+    return rows
+
+
+def training_steps(model_name: str, size: int, steps: int) -> list[dict]:
+    from .models import create_model
+
+    rows = []
+    for name, bf16 in (("fp32 channels-last", False), ("bf16 channels-last", True)):
+        torch.manual_seed(0)
+        model = create_model(model_name, pretrained=False).train()
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (32,)).float()
+
+        def step(model=model, opt=opt, x=x, y=y, bf16=bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    model(x)[:, 0].float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        s = median_time(step, steps)
+        rows.append({"training": name, "batch": 32, "images_per_s": round(32 / s, 1),
+                     "peak_rss_mb": round(peak_rss_mb())})
+    return rows
+
+
+def fidelity(model, ckpt, onnx_paths: dict, data_dir: Path) -> list[dict]:
+    """Every test image: max |probability difference| vs fp32 torch, label flips at the
+    stored threshold and AUROC, for each fast form. Reporting only; nothing is chosen on it."""
+    from .data import scan, select
+    from .export import onnx_logits
+    from .metrics import auroc
+    from .predict import predict_arrays, probabilities_from_logits
+    from .transforms import load_many
+
+    records = select(scan(data_dir), "test", 0.1, 0)
+    images, ok, _ = load_many([r.path for r in records], ckpt.preprocessing.input_size,
+                              ckpt.preprocessing.interpolation)
+    y = np.array([records[i].target for i in ok])
+    ref = predict_arrays(model, ckpt, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        forms = {"torch bf16": predict_arrays(model, ckpt, images)}
+    for name, path in onnx_paths.items():
+        forms[name] = probabilities_from_logits(onnx_logits(path, images), ckpt)
+    rows = [{"form": "torch fp32 (reference)", "n": len(y), "auroc": round(auroc(y, ref), 4),
+             "max_abs_prob_diff": 0.0, "label_flips": 0}]
+    t = ckpt.threshold
+    for name, p in forms.items():
+        rows.append({"form": name, "n": len(y), "auroc": round(auroc(y, p), 4),
+                     "max_abs_prob_diff": float(f"{np.abs(p - ref).max():.2e}"),
+                     "label_flips": int(((p >= t) != (ref >= t)).sum())})
+    return rows
+
+
+def run(opts: BenchOptions) -> dict:
+    """All figures in one dict (see `format_tables`)."""
+    from .export import export_from_data
+    from .onnx_predict import OnnxPredictor
+
+    info = machine()
+    model, ckpt = checkpoint.load(None)
+    originals = expand_inputs([str(opts.data_dir.parent / "originals")])
+    test = expand_inputs([str(opts.data_dir / "test")])
+    if opts.quick:
+        originals, test = originals[:8], test[::26]
+    sets = {"full-size originals": originals, "test split 224 px": test}
+    tmp = Path(tempfile.mkdtemp(prefix="pneumoscan-bench-"))
+    export_from_data(None, tmp / "model.onnx", opts.data_dir, int8=not opts.quick)
+    onnx_paths = {"onnx fp32": tmp / "model.onnx"}
+    if not opts.quick:
+        onnx_paths["onnx int8"] = tmp / "model.int8.onnx"
+
+    naive = NaivePipeline(*checkpoint.load(None))
+    pipelines = {"(a) naive: full decode, fp32 NCHW, batch 1": naive.predict,
+                 "(b) pneumoscan default (fp32)": Predictor(model, ckpt).predict,
+                 "(b') pneumoscan --bf16": Predictor(*checkpoint.load(None), bf16=True).predict}
+    for name, path in onnx_paths.items():
+        pipelines[f"({'c' if 'fp32' in name else 'd'}) {name}"] = \
+            OnnxPredictor.from_onnx(path).predict
+    repeats = 1 if opts.quick else opts.repeats
+    out = {"machine": info, "repeats": repeats,
+           "end_to_end": end_to_end(pipelines, sets, repeats),
+           "model_only": model_only(Predictor(model, ckpt).model,
+                                    ckpt.preprocessing.input_size, repeats,
+                                    info["peak_fp32_gflops"])}
+    if not opts.quick:
+        out["training"] = training_steps(ckpt.model_name, ckpt.preprocessing.input_size, 3)
+        out["fidelity_test_split"] = fidelity(model, ckpt, onnx_paths, opts.data_dir)
+    return out
+
+
+def format_tables(r: dict) -> str:
+    from .cli import _table
+
+    m = r["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores at {m['clock_ghz']} GHz; "
+             f"torch {m['torch']} ({m['torch_threads']} threads), onnxruntime "
+             f"{m['onnxruntime']}, timm {m['timm']}, Pillow {m['pillow']}; median of "
+             f"{r['repeats']} after a warm-up",
+             f"fp32 peak {m['peak_fp32_gflops']} GFLOP/s = {m['peak_formula']}", ""]
+    for key in ("end_to_end", "model_only", "training", "fidelity_test_split"):
+        if key in r:
+            rows = [{k: str(v) for k, v in row.items()} for row in r[key]]
+            lines += [key, _table(rows, list(rows[0])), ""]
+    return "\n".join(lines)

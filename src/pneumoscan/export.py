@@ -1,0 +1,236 @@
+"""ONNX export of a checkpoint, with its contract as metadata and a parity check on real images.
+
+The graph takes the uint8 gray batch (B, 1, S, S) that `transforms.load_gray` produces and does
+the normalisation inside (the same `to_model_input` that training and prediction use), so an
+ONNX caller cannot drift from the checkpoint's preprocessing. It has two outputs:
+`logit` (B, 1) and `features` (B, C, h, w), the registry's Grad-CAM target layer, so a CAM
+heatmap needs no PyTorch: cam = relu(sum_c w_c * features[:, c]) with w the classifier
+weights stored in the metadata under `pneumoscan.cam_weights` (timm models).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint
+from .models import get_spec
+from .transforms import Preprocessing, to_model_input
+
+log = logging.getLogger(__name__)
+
+INPUT, LOGIT, FEATURES = "image", "logit", "features"
+N_PARITY, N_CALIBRATION = 64, 400  # carved-val images; the test split is never used here
+PARITY_TOLERANCE = 1e-3  # max |probability difference| vs PyTorch for fp32
+META_KEY = "pneumoscan.checkpoint"
+
+
+class ExportError(RuntimeError):
+    """An exported graph that does not reproduce the PyTorch model."""
+
+
+class _WithFeatures(nn.Module):
+    """uint8 gray -> (logit, target-layer features), preprocessing inside."""
+
+    def __init__(self, model: nn.Module, target: nn.Module, prep: Preprocessing):
+        super().__init__()
+        self.model, self.target, self.prep = model, target, prep
+
+    def forward(self, x: torch.Tensor):
+        store = {}
+        handle = self.target.register_forward_hook(lambda m, i, o: store.update(f=o))
+        try:
+            logit = self.model(to_model_input(x, self.prep))
+        finally:
+            handle.remove()
+        return logit, store["f"]
+
+
+def cam_weights(model: nn.Module) -> dict | None:
+    """Classifier weight (outputs, C) and bias of a model whose head is pool -> one Linear on
+    the target layer (timm EfficientNet); None for other heads (compute CAM another way)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        return None
+    return {"weight": head.weight.detach().tolist(), "bias": head.bias.detach().tolist(),
+            "pooling": "global average of `features`, then weight @ pooled + bias = logit"}
+
+
+def metadata(ckpt: checkpoint.Checkpoint, model: nn.Module, extra: dict) -> dict[str, str]:
+    """ONNX metadata_props: the whole checkpoint contract as JSON, plus its main keys."""
+    contract = ckpt.to_json()
+    props = {META_KEY: json.dumps(contract, default=str),
+             "labels": json.dumps(ckpt.labels), "threshold": repr(ckpt.threshold),
+             "preprocessing": json.dumps(ckpt.preprocessing.to_dict()),
+             "pneumoscan.input": "uint8 gray (B, 1, S, S); normalisation is inside the graph",
+             "pneumoscan.export": json.dumps(extra)}
+    cam = cam_weights(model)
+    if cam is not None:
+        props["pneumoscan.cam_weights"] = json.dumps(cam)
+    return props
+
+
+def read_metadata(path: str | Path | None, session=None) -> dict:
+    """The checkpoint contract (model.json content) stored in an exported ONNX file."""
+    import onnxruntime as ort
+
+    sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    props = sess.get_modelmeta().custom_metadata_map
+    return json.loads(props[META_KEY])
+
+
+def _export_graph(model: nn.Module, ckpt: checkpoint.Checkpoint, out: Path) -> None:
+    size = ckpt.preprocessing.input_size
+    wrapper = _WithFeatures(model, get_spec(ckpt.model_name).target_layer(model),
+                            ckpt.preprocessing).eval()
+    dummy = torch.zeros(2, 1, size, size, dtype=torch.uint8)
+    torch.onnx.export(wrapper, (dummy,), str(out), input_names=[INPUT],
+                      output_names=[LOGIT, FEATURES], opset_version=17, dynamo=False,
+                      dynamic_axes={INPUT: {0: "batch"}, LOGIT: {0: "batch"},
+                                    FEATURES: {0: "batch"}})
+
+
+def _set_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(path))
+
+
+def onnx_logits(path: str | Path, images: np.ndarray, batch_size: int = 32,
+                session=None) -> np.ndarray:
+    """(N, S, S) uint8 -> (N,) logits from an exported graph."""
+    import onnxruntime as ort
+
+    sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = [sess.run([LOGIT], {INPUT: images[i:i + batch_size, None]})[0][:, 0]
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+@torch.inference_mode()
+def torch_logits(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
+                 batch_size: int = 32) -> np.ndarray:
+    """The fp32 PyTorch reference logits for the parity check."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).unsqueeze(1)
+        out.append(model.eval()(to_model_input(x, ckpt.preprocessing))[:, 0].double().numpy())
+    return np.concatenate(out)
+
+
+def parity(path: Path, model: nn.Module, ckpt: checkpoint.Checkpoint,
+           images: np.ndarray) -> dict:
+    """Max |probability difference| and label flips at the stored threshold, ONNX vs torch."""
+    from .predict import probabilities_from_logits
+
+    p_ref = probabilities_from_logits(torch_logits(model, ckpt, images), ckpt)
+    p_onnx = probabilities_from_logits(onnx_logits(path, images), ckpt)
+    flips = int(((p_ref >= ckpt.threshold) != (p_onnx >= ckpt.threshold)).sum())
+    return {"n": int(len(images)), "max_abs_prob_diff": float(np.abs(p_ref - p_onnx).max()),
+            "label_flips": flips}
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over uint8 images (duck-typed: get_next/rewind)."""
+
+    def __init__(self, images: np.ndarray, batch_size: int = 16):
+        self.batches = [images[i:i + batch_size, None] for i in range(0, len(images), batch_size)]
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return {INPUT: self.batches[self.i - 1]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
+    """Static INT8 (QDQ, per-channel weights) calibrated on `calibration` uint8 images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre))
+    try:
+        quantize_static(str(pre), str(out), _Calibration(calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: np.ndarray,
+                calibration: np.ndarray | None = None) -> dict:
+    """Export a checkpoint to ONNX (and INT8 if `calibration` images are given).
+
+    Args:
+        model_path: run folder or model.json; None for the shipped model.
+        out: the .onnx file to write; INT8 goes beside it as <stem>.int8.onnx.
+        parity_images: (N, S, S) uint8 real images; fp32 must match PyTorch within
+            PARITY_TOLERANCE on every one or ExportError is raised (and the file removed).
+        calibration: (M, S, S) uint8 validation images for static INT8 quantization.
+
+    Returns a report: paths, parity figures of fp32 (and INT8) on `parity_images`.
+
+    Examples:
+        >>> export_onnx(None, "model.onnx", images)["fp32"]["max_abs_prob_diff"] < 1e-3
+        True
+    """
+    model, ckpt = checkpoint.load(model_path)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _export_graph(model, ckpt, out)
+    check = parity(out, model, ckpt, parity_images)
+    if not check["max_abs_prob_diff"] <= PARITY_TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise ExportError(f"{out}: ONNX differs from PyTorch by {check['max_abs_prob_diff']:.2e}"
+                          f" in probability (tolerance {PARITY_TOLERANCE}); file removed")
+    report = {"fp32": {"path": str(out), **check}}
+    _set_metadata(out, metadata(ckpt, model, {"dtype": "float32", "parity": check}))
+    if calibration is not None:
+        int8 = out.with_name(out.stem + ".int8.onnx")
+        quantize_int8(out, int8, calibration)
+        check8 = parity(int8, model, ckpt, parity_images)
+        extra = {"dtype": "int8 static QDQ", "n_calibration": int(len(calibration)),
+                 "parity": check8}
+        _set_metadata(int8, metadata(ckpt, model, extra))
+        report["int8"] = {"path": str(int8), "n_calibration": int(len(calibration)), **check8}
+    return report
+
+
+def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> np.ndarray:
+    """Up to n decoded images of the carved `val` split the checkpoint was selected on."""
+    from .config import config_from_dict
+    from .data import scan, select
+    from .transforms import load_many
+
+    _, ckpt = checkpoint.load(model_path)
+    cfg = config_from_dict(ckpt.config)
+    records = select(scan(data_dir), "val", cfg.val_fraction, cfg.seed)
+    # Spread over the split (it is ordered by label) so both classes are present.
+    step = max(1, len(records) // n)
+    prep = ckpt.preprocessing
+    images, _, _ = load_many([r.path for r in records[::step][:n]], prep.input_size,
+                             prep.interpolation)
+    return images
+
+
+def export_from_data(model_path: str | Path | None, out: str | Path, data_dir: str | Path,
+                     int8: bool = False) -> dict:
+    """export_onnx with parity (and INT8 calibration) images from the carved val split."""
+    parity_images = val_images(model_path, data_dir, N_PARITY)
+    calibration = val_images(model_path, data_dir, N_CALIBRATION) if int8 else None
+    return export_onnx(model_path, out, parity_images, calibration)

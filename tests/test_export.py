@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from pneumoscan import checkpoint
+from pneumoscan.cli import main
+from pneumoscan.export import FEATURES, LOGIT, export_onnx, read_metadata
+from pneumoscan.onnx_predict import OnnxPredictor
+from pneumoscan.predict import Predictor
+from pneumoscan.transforms import load_many
+
+from .conftest import EXAMPLES
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, small_data, tmp_path_factory):
+    images = sorted(str(p) for p in (small_data / "train").rglob("*.jpeg"))
+    arr, _, _ = load_many(images, 64)
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    report = export_onnx(tiny_run.dir, out, arr[:16], calibration=arr[16:])
+    return out, report, arr
+
+
+def test_export_parity_outputs_and_contract(exported, tiny_run):
+    out, report, arr = exported
+    assert report["fp32"]["max_abs_prob_diff"] <= 1e-3
+    assert report["int8"]["n_calibration"] == len(arr) - 16
+    _, ckpt = checkpoint.load(tiny_run.dir)
+    meta = read_metadata(out)
+    assert meta["threshold"] == ckpt.threshold and meta["labels"] == ckpt.labels
+    assert meta["preprocessing"] == ckpt.preprocessing.to_dict()
+    assert meta["val_metrics"] == json.loads(json.dumps(ckpt.val_metrics))
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logit, feats = sess.run([LOGIT, FEATURES], {"image": arr[:5, None]})  # any batch size
+    assert logit.shape == (5, 1) and feats.shape[0] == 5 and feats.ndim == 4
+    # CAM weights in the metadata reproduce the logit from the features (pool -> linear).
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    cam = json.loads(props["pneumoscan.cam_weights"])
+    pooled = feats.mean(axis=(2, 3))
+    recomputed = pooled @ np.array(cam["weight"]).T + np.array(cam["bias"])
+    assert np.abs(recomputed - logit).max() < 1e-3
+
+
+def test_onnx_predictor_matches_torch_and_reports_bad_file(exported, tiny_run, small_data,
+                                                           tmp_path):
+    out, _, _ = exported
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(b"not a jpeg")
+    images = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
+    paths = images[:3] + [str(bad)] + images[3:]
+    ref = Predictor.from_checkpoint(tiny_run.dir).predict(paths)
+    got = OnnxPredictor.from_onnx(out).predict(paths)
+    assert got[3].error and "broken.jpeg" in got[3].error and got[3].probability is None
+    for r, g in zip(ref[:3] + ref[4:], got[:3] + got[4:]):
+        assert abs(r.probability - g.probability) < 1e-3 and r.label == g.label
+
+
+def test_export_cli_shipped_model_on_real_images(tmp_path, capsys):
+    """The shipped model, exported with parity on real val images, predicts the examples
+    the same through ONNX Runtime as through torch."""
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--out", str(out)]) == 0
+    assert "max |dp|" in capsys.readouterr().out
+    assert main(["predict", str(EXAMPLES), "--runtime", "onnx", "--onnx", str(out),
+                 "--format", "json"]) == 0
+    onnx_rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert main(["predict", str(EXAMPLES), "--format", "json"]) == 0
+    torch_rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(onnx_rows) == len(torch_rows) == 16
+    for a, b in zip(onnx_rows, torch_rows):
+        assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-3
+
+
+def test_onnx_runtime_needs_a_file(capsys):
+    assert main(["predict", str(EXAMPLES), "--runtime", "onnx"]) == 2
+    assert "--onnx" in capsys.readouterr().err
