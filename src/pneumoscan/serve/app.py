@@ -108,8 +108,10 @@ class Service:
         return results
 
 
-async def _read_files(request: Request, settings: Settings, max_files: int) -> list[UploadFile]:
-    """The uploaded files of a multipart body, held in memory only (never spooled to disk)."""
+async def _read_files(request: Request, settings: Settings, fields: tuple[str, ...],
+                      max_files: int) -> list[UploadFile]:
+    """The files uploaded under `fields` of a multipart body, held in memory only (never
+    spooled to disk)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a field 'file'")
     parser = MultiPartParser(request.headers, request.stream(), max_files=max_files,
@@ -120,7 +122,7 @@ async def _read_files(request: Request, settings: Settings, max_files: int) -> l
         form = await parser.parse()
     except MultiPartException as e:
         raise HTTPException(400, f"malformed multipart body ({e.message})") from None
-    return [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    return [v for k, v in form.multi_items() if k in fields and isinstance(v, UploadFile)]
 
 
 def _ms(start: float) -> float:
@@ -193,7 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def predict(request: Request, explain: bool = False):
         """Score one X-ray (multipart field `file`): probability, label, threshold, model."""
         start, s = time.perf_counter(), service_of(request)
-        files = await _read_files(request, settings, max_files=1)
+        files = await _read_files(request, settings, ("file",), max_files=1)
         if not files:
             raise HTTPException(422, "no file uploaded (multipart field 'file')")
         name, data = files[0].filename or "upload", await files[0].read()
@@ -207,7 +209,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def predict_batch(request: Request):
         """Score several X-rays (multipart fields `files`): one result or error per file."""
         start, s = time.perf_counter(), service_of(request)
-        files = await _read_files(request, settings, max_files=settings.max_batch_files)
+        files = await _read_files(request, settings, ("files", "file"),
+                                 max_files=settings.max_batch_files)
         if not files:
             raise HTTPException(422, "no files uploaded (multipart fields 'files')")
         named = [(f.filename or f"upload {i + 1}", await f.read()) for i, f in enumerate(files)]

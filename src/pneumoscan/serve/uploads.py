@@ -43,8 +43,9 @@ def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-            Image.DecompressionBombError):
+    except Image.DecompressionBombError as e:  # PIL's own, higher, limit
+        raise UploadError(422, f"{name}: image too large ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return  # not readable by its header: decoding will report the problem
     if width * height > max_pixels:
         raise UploadError(422, f"{name}: image is {width}x{height} pixels, more than the "
