@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import threading
@@ -316,3 +317,50 @@ def test_small_load_mixed_valid_and_invalid(live, predictor, small_jpegs):
         assert got == status, (name, body)
         if status == 200:
             assert abs(body["probability"] - expected[name]) < 1e-6
+
+
+# --- micro-batching -----------------------------------------------------------------------
+
+def test_micro_batcher_groups_concurrent_callers_and_keeps_their_results_apart():
+    import numpy as np
+
+    from pneumoscan.serve.batcher import MicroBatcher
+
+    sizes = []
+
+    def first_pixel(images):
+        sizes.append(len(images))
+        time.sleep(0.05)  # busy long enough for the other callers to queue up
+        return images[:, 0, 0].astype(np.float64)
+
+    async def main():
+        batcher = MicroBatcher(first_pixel, max_batch=4)
+        try:
+            calls = [np.full((n, 2, 2), i, np.uint8) for i, n in enumerate([1, 1, 2, 1, 3])]
+            return calls, await asyncio.gather(*(batcher.score(c) for c in calls))
+        finally:
+            batcher.close()
+
+    calls, results = anyio.run(main)
+    for c, r in zip(calls, results):
+        assert r.tolist() == [float(c[0, 0, 0])] * len(c)
+    assert sum(sizes) == 8 and max(sizes) <= 4 and len(sizes) < 5
+
+
+def test_micro_batcher_hands_an_error_to_every_caller():
+    import numpy as np
+
+    from pneumoscan.serve.batcher import MicroBatcher
+
+    def broken(images):
+        raise RuntimeError("model failed")
+
+    async def main():
+        batcher = MicroBatcher(broken)
+        try:
+            return await asyncio.gather(*(batcher.score(np.zeros((1, 2, 2), np.uint8))
+                                          for _ in range(3)), return_exceptions=True)
+        finally:
+            batcher.close()
+
+    assert [str(e) for e in anyio.run(main)] == ["model failed"] * 3

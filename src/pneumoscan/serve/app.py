@@ -3,11 +3,12 @@ through the same predict_arrays path as `pneumoscan predict`, so scores match ex
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -23,6 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__, checkpoint
 from ..predict import Predictor, predict_arrays
+from .batcher import MicroBatcher
 from .middleware import AccessLog, BodyLimit
 from .uploads import UploadError, decode, dicom_supported
 
@@ -65,26 +67,35 @@ class Service:
             "name": self.ckpt.model_name,
             "version": self.ckpt.extra.get("package_version", __version__),
             "checkpoint_sha256": checkpoint.file_sha256(folder / checkpoint.WEIGHTS)}
-        # Inference one batch at a time: torch already uses every core for one batch, and
-        # concurrent batches would only fight over them. Decoding runs in parallel.
-        self._lock = threading.Lock()
+        # Decoding runs on a few threads of its own (PIL releases the GIL): as many as there
+        # are cores, not one per waiting request, which only adds memory. Inference runs in
+        # micro-batches on one thread.
+        self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                            thread_name_prefix="decode")
+        self._batcher = MicroBatcher(lambda images: predict_arrays(predictor.model, self.ckpt,
+                                                                   images))
 
-    def decode(self, data: bytes, name: str) -> np.ndarray:
+    async def decode(self, data: bytes, name: str) -> np.ndarray:
         s = self.settings
-        return decode(data, name, self.ckpt.preprocessing, s.max_pixels, self.dicom_ok)
+        job = self._decoders.submit(decode, data, name, self.ckpt.preprocessing,
+                                    s.max_pixels, self.dicom_ok)
+        return await asyncio.wrap_future(job)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return predict_arrays(self.predictor.model, self.ckpt, images)
+    async def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return await self._batcher.score(images)
+
+    def close(self) -> None:
+        self._batcher.close()
+        self._decoders.shutdown(wait=True)
 
     def result(self, probability: float) -> dict:
         return {"probability": float(probability),
                 "label": self.predictor.label_of(probability),
                 "threshold": self.predictor.threshold, "model": self.model_info}
 
-    def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
-        image = self.decode(data, name)
-        out = self.result(self.probabilities(np.stack([image]))[0])  # a writable copy
+    async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
+        image = await self.decode(data, name)
+        out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
         out["heatmap_png"], out["warnings"] = self.heatmap(image) if explain else (None, [])
         return out
 
@@ -93,17 +104,21 @@ class Service:
         pneumoscan.explain lands; until then the caller is told none is available."""
         return None, [NO_EXPLAIN]
 
-    def predict_many(self, files: list[tuple[str, bytes]]) -> list[dict]:
+    async def predict_many(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        decoded = await asyncio.gather(*(self.decode(data, name) for name, data in files),
+                                       return_exceptions=True)
         results, images, ok = [], [], []
-        for i, (name, data) in enumerate(files):
+        for i, ((name, _), d) in enumerate(zip(files, decoded)):
             results.append({"filename": name})
-            try:
-                images.append(self.decode(data, name))
+            if isinstance(d, UploadError):
+                results[i].update(status=d.status, error=d.message)
+            elif isinstance(d, BaseException):
+                raise d
+            else:
+                images.append(d)
                 ok.append(i)
-            except UploadError as e:
-                results[i].update(status=e.status, error=e.message)
         if images:
-            for i, p in zip(ok, self.probabilities(np.stack(images))):
+            for i, p in zip(ok, await self.probabilities(np.stack(images))):
                 results[i].update(status=200, error=None, **self.result(p))
         return results
 
@@ -143,11 +158,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         predictor = await run_in_threadpool(Predictor.from_checkpoint, settings.model)
         service = Service(predictor, settings)
         size = service.ckpt.preprocessing.input_size
-        await run_in_threadpool(service.probabilities, np.zeros((1, size, size), np.uint8))
+        await service.probabilities(np.zeros((1, size, size), np.uint8))  # warm-up
         app.state.service = service
         log.info("model %s loaded; ready", service.model_info["name"])
         yield
         app.state.service = None
+        service.close()
 
     app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
                   description="Pneumonia screening of pediatric chest X-rays. Research tool, "
@@ -200,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, "no file uploaded (multipart field 'file')")
         name, data = files[0].filename or "upload", await files[0].read()
         try:
-            out = await run_in_threadpool(s.predict_one, data, name, explain)
+            out = await s.predict_one(data, name, explain)
         except UploadError as e:
             raise HTTPException(e.status, e.message) from None
         return {**out, "elapsed_ms": _ms(start)}
@@ -214,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not files:
             raise HTTPException(422, "no files uploaded (multipart fields 'files')")
         named = [(f.filename or f"upload {i + 1}", await f.read()) for i, f in enumerate(files)]
-        results = await run_in_threadpool(s.predict_many, named)
+        results = await s.predict_many(named)
         return {"results": results, "threshold": s.ckpt.threshold, "model": s.model_info,
                 "elapsed_ms": _ms(start)}
 
