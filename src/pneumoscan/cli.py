@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--quick", action="store_true", help="fewer images, no INT8/training (~1 min)")
     p.add_argument("--repeats", type=int, default=3)
+
+    p = sub.add_parser("serve", help="web page and REST API (FastAPI + uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
+    p.add_argument("--port", type=int, default=8000)
+    _model_arg(p)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="413 above this body size")
     return parser
 
 
@@ -319,9 +326,19 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .checkpoint import resolve
+    from .serve.app import Settings, serve
+
+    resolve(args.model)  # a missing model is a usage error now, not a failed start-up later
+    serve(Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
+                   max_upload_bytes=int(args.max_upload_mb * 2**20)))
+    return 0
+
+
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "calibrate": cmd_calibrate, "model-card": cmd_model_card,
-            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,257 @@
+"""FastAPI app factory: the model is loaded once at start-up; inference runs off the event loop
+through the same predict_arrays path as `pneumoscan predict`, so scores match exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from .. import __version__, checkpoint
+from ..predict import Predictor, predict_arrays
+from .batcher import MicroBatcher
+from .middleware import AccessLog, BodyLimit
+from .uploads import UploadError, decode, dicom_supported
+
+log = logging.getLogger("pneumoscan.serve")
+SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to workers
+STATIC = Path(str(resources.files("pneumoscan.serve") / "static"))
+NO_EXPLAIN = "explanations not available in this build"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the server runs.
+
+    Args:
+        model: run folder or model.json; None serves the shipped model.
+        max_upload_bytes: larger request bodies get 413 before they are read in full.
+        max_pixels: images whose header declares more pixels get 422 (decompression bombs).
+        max_batch_files: most files in one POST /v1/predict/batch.
+        host, port, workers: where and how uvicorn listens.
+    """
+
+    model: str | None = None
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 100_000_000
+    max_batch_files: int = 64
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+
+
+class Service:
+    """The loaded model and what every request needs from it."""
+
+    def __init__(self, predictor: Predictor, settings: Settings):
+        self.predictor, self.settings = predictor, settings
+        self.ckpt = predictor.ckpt
+        self.dicom_ok = dicom_supported()
+        folder = Path(self.ckpt.extra["path"])
+        self.model_info = {
+            "name": self.ckpt.model_name,
+            "version": self.ckpt.extra.get("package_version", __version__),
+            "checkpoint_sha256": checkpoint.file_sha256(folder / checkpoint.WEIGHTS)}
+        # Decoding runs on a few threads of its own (PIL releases the GIL): as many as there
+        # are cores, not one per waiting request, which only adds memory. Inference runs in
+        # micro-batches on one thread.
+        self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                            thread_name_prefix="decode")
+        self._batcher = MicroBatcher(lambda images: predict_arrays(predictor.model, self.ckpt,
+                                                                   images))
+
+    async def decode(self, data: bytes, name: str) -> np.ndarray:
+        s = self.settings
+        job = self._decoders.submit(decode, data, name, self.ckpt.preprocessing,
+                                    s.max_pixels, self.dicom_ok)
+        return await asyncio.wrap_future(job)
+
+    async def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return await self._batcher.score(images)
+
+    def close(self) -> None:
+        self._batcher.close()
+        self._decoders.shutdown(wait=True)
+
+    def result(self, probability: float) -> dict:
+        return {"probability": float(probability),
+                "label": self.predictor.label_of(probability),
+                "threshold": self.predictor.threshold, "model": self.model_info}
+
+    async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
+        image = await self.decode(data, name)
+        out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
+        out["heatmap_png"], out["warnings"] = self.heatmap(image) if explain else (None, [])
+        return out
+
+    def heatmap(self, image: np.ndarray) -> tuple[str | None, list[str]]:
+        """(base64 PNG overlay, warnings). The one place explanations get wired in once
+        pneumoscan.explain lands; until then the caller is told none is available."""
+        return None, [NO_EXPLAIN]
+
+    async def predict_many(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        decoded = await asyncio.gather(*(self.decode(data, name) for name, data in files),
+                                       return_exceptions=True)
+        results, images, ok = [], [], []
+        for i, ((name, _), d) in enumerate(zip(files, decoded)):
+            results.append({"filename": name})
+            if isinstance(d, UploadError):
+                results[i].update(status=d.status, error=d.message)
+            elif isinstance(d, BaseException):
+                raise d
+            else:
+                images.append(d)
+                ok.append(i)
+        if images:
+            for i, p in zip(ok, await self.probabilities(np.stack(images))):
+                results[i].update(status=200, error=None, **self.result(p))
+        return results
+
+
+async def _read_files(request: Request, settings: Settings, fields: tuple[str, ...],
+                      max_files: int) -> list[UploadFile]:
+    """The files uploaded under `fields` of a multipart body, held in memory only (never
+    spooled to disk)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, "send the image as multipart/form-data with a field 'file'")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=max_files,
+                             max_fields=16)
+    # Starlette rolls parts over 1 MB into a temp file; keep every byte in memory instead.
+    parser.spool_max_size = settings.max_upload_bytes + 1
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise HTTPException(400, f"malformed multipart body ({e.message})") from None
+    return [v for k, v in form.multi_items() if k in fields and isinstance(v, UploadFile)]
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model is loaded in its lifespan (once per worker process).
+
+    Examples:
+        >>> app = create_app(Settings(max_upload_bytes=5 * 2**20))
+        >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        predictor = await run_in_threadpool(Predictor.from_checkpoint, settings.model)
+        service = Service(predictor, settings)
+        size = service.ckpt.preprocessing.input_size
+        await service.probabilities(np.zeros((1, size, size), np.uint8))  # warm-up
+        app.state.service = service
+        log.info("model %s loaded; ready", service.model_info["name"])
+        yield
+        app.state.service = None
+        service.close()
+
+    app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
+                  description="Pneumonia screening of pediatric chest X-rays. Research tool, "
+                              "not for clinical diagnosis.")
+    app.state.service = None
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(AccessLog)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    upload_doc = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["file"],
+                   "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+    batch_doc = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": {"files": {
+            "type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+    def service_of(request: Request) -> Service:
+        service = request.app.state.service
+        if service is None:
+            raise HTTPException(503, "model not loaded yet")
+        return service
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/healthz")
+    async def healthz(request: Request):
+        """Liveness; `ready` is true once the model is loaded (503 before)."""
+        service_of(request)
+        return {"status": "ok", "ready": True}
+
+    @app.get("/v1/model")
+    async def model(request: Request):
+        """The model card facts: labels, threshold, preprocessing, validation metrics."""
+        s = service_of(request)
+        return {**s.model_info, "labels": s.ckpt.labels, "threshold": s.ckpt.threshold,
+                "preprocessing": s.ckpt.preprocessing.to_dict(),
+                "val_metrics": s.ckpt.val_metrics, "server_version": __version__,
+                "accepts": ["image/jpeg", "image/png"] + (["application/dicom"]
+                                                          if s.dicom_ok else []),
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_pixels": settings.max_pixels}
+
+    @app.post("/v1/predict", openapi_extra=upload_doc)
+    async def predict(request: Request, explain: bool = False):
+        """Score one X-ray (multipart field `file`): probability, label, threshold, model."""
+        start, s = time.perf_counter(), service_of(request)
+        files = await _read_files(request, settings, ("file",), max_files=1)
+        if not files:
+            raise HTTPException(422, "no file uploaded (multipart field 'file')")
+        name, data = files[0].filename or "upload", await files[0].read()
+        try:
+            out = await s.predict_one(data, name, explain)
+        except UploadError as e:
+            raise HTTPException(e.status, e.message) from None
+        return {**out, "elapsed_ms": _ms(start)}
+
+    @app.post("/v1/predict/batch", openapi_extra=batch_doc)
+    async def predict_batch(request: Request):
+        """Score several X-rays (multipart fields `files`): one result or error per file."""
+        start, s = time.perf_counter(), service_of(request)
+        files = await _read_files(request, settings, ("files", "file"),
+                                 max_files=settings.max_batch_files)
+        if not files:
+            raise HTTPException(422, "no files uploaded (multipart fields 'files')")
+        named = [(f.filename or f"upload {i + 1}", await f.read()) for i, f in enumerate(files)]
+        results = await s.predict_many(named)
+        return {"results": results, "threshold": s.ckpt.threshold, "model": s.model_info,
+                "elapsed_ms": _ms(start)}
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn worker processes (`serve --workers N`): settings come as JSON."""
+    return create_app(Settings(**json.loads(os.environ.get(SETTINGS_ENV, "{}"))))
+
+
+def serve(settings: Settings) -> None:
+    """Run uvicorn in the foreground (blocks)."""
+    import uvicorn
+
+    common = {"host": settings.host, "port": settings.port, "access_log": False,
+              "log_level": "info"}
+    if settings.workers > 1:
+        # Worker processes rebuild the app themselves, so settings travel by environment.
+        os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
+        uvicorn.run("pneumoscan.serve.app:app_from_env", factory=True,
+                    workers=settings.workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)

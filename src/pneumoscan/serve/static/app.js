@@ -1,0 +1,65 @@
+// Upload an X-ray to POST /v1/predict and show the answer. No build step, no network but this server.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let shownUrl = null;
+
+function showError(message) {
+  $("result").hidden = true;
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function showResult(file, r) {
+  $("error").hidden = true;
+  if (shownUrl) URL.revokeObjectURL(shownUrl);
+  shownUrl = URL.createObjectURL(file);
+  $("xray").src = shownUrl;
+  $("heatmap").hidden = !r.heatmap_png;
+  if (r.heatmap_png) $("heatmap").src = "data:image/png;base64," + r.heatmap_png;
+  $("label").textContent = r.label;
+  $("label").className = "label " + r.label;
+  $("probability").textContent = r.probability.toFixed(4);
+  $("probability").dataset.value = String(r.probability);
+  $("fill").style.width = (100 * r.probability).toFixed(1) + "%";
+  $("threshold-marker").style.left = (100 * r.threshold).toFixed(1) + "%";
+  $("threshold").textContent = r.threshold.toFixed(4);
+  $("model").textContent = `Model ${r.model.name} ${r.model.version}, ${r.elapsed_ms} ms.`;
+  $("warnings").replaceChildren(...r.warnings.map((w) => {
+    const li = document.createElement("li");
+    li.textContent = w;
+    return li;
+  }));
+  $("result").hidden = false;
+}
+
+async function upload(file) {
+  const body = new FormData();
+  body.append("file", file, file.name);
+  const explain = $("explain").checked ? "?explain=true" : "";
+  $("result").dataset.state = "pending";
+  try {
+    const response = await fetch("/v1/predict" + explain, { method: "POST", body });
+    const r = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const detail = typeof r.detail === "string" ? r.detail : `error ${response.status}`;
+      showError(`Could not score this file: ${detail}`);
+    } else {
+      showResult(file, r);
+    }
+  } catch (e) {
+    showError(`Could not reach the server: ${e}`);
+  }
+  $("result").dataset.state = "done";
+}
+
+$("file").addEventListener("change", (e) => {
+  if (e.target.files.length) upload(e.target.files[0]);
+});
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
+});

@@ -1,0 +1,98 @@
+"""Checks on an uploaded file held in memory, before and while it is decoded.
+
+Uploads are patient data: they are only ever held in memory, never written or logged.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..transforms import ImageError, Preprocessing, load_gray
+
+JPEG, PNG, DICOM = "image/jpeg", "image/png", "application/dicom"
+
+
+@dataclass
+class UploadError(Exception):
+    """A bad upload: the HTTP status it earns (413, 415 or 422) and a message naming it."""
+
+    status: int
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def sniff(data: bytes) -> str | None:
+    """The file's type from its first bytes (the declared content type is not trusted)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if data[128:132] == b"DICM":
+        return DICOM
+    return None
+
+
+def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse a decompression bomb from its header alone, before any pixel is decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as e:  # PIL's own, higher, limit
+        raise UploadError(422, f"{name}: image too large ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return  # not readable by its header: decoding will report the problem
+    if width * height > max_pixels:
+        raise UploadError(422, f"{name}: image is {width}x{height} pixels, more than the "
+                               f"{max_pixels:,} this server accepts")
+
+
+def decode(data: bytes, name: str, prep: Preprocessing, max_pixels: int,
+           dicom_ok: bool) -> np.ndarray:
+    """Uploaded bytes -> (size, size) uint8 gray array, or UploadError(415 or 422)."""
+    if not data:
+        raise UploadError(422, f"{name}: empty file")
+    kind = sniff(data)
+    if kind is None or (kind == DICOM and not dicom_ok):
+        what = "DICOM is not supported by this build" if kind else "not a JPEG or PNG image"
+        raise UploadError(415, f"{name}: unsupported file type ({what})")
+    if kind != DICOM:
+        _check_pixels(data, name, max_pixels)
+    try:
+        return load_gray(io.BytesIO(data), prep.input_size, prep.interpolation, name=name)
+    except ImageError as e:
+        raise UploadError(422, str(e)) from None
+
+
+def dicom_supported() -> bool:
+    """Whether load_gray decodes DICOM in this build: try it on a tiny DICOM made in memory."""
+    try:
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    except ImportError:
+        return False
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(range(16))
+    buf = io.BytesIO()
+    try:
+        ds.save_as(buf, enforce_file_format=True)
+        load_gray(io.BytesIO(buf.getvalue()), 4, name="<dicom probe>")
+    except Exception:  # noqa: BLE001 - any failure means "not supported here"
+        return False
+    return True

@@ -1,0 +1,74 @@
+"""Browser end to end: Debian chromium driven by Playwright uploads a real X-ray through the
+page served by a real `pneumoscan serve`, and shows what the API says."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import EXAMPLES
+from .serving import running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+XRAY = EXAMPLES / "PNEUMONIA" / "person1946_bacteria_4874.jpeg"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} missing: apt-get install chromium (never 'playwright install')"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("browser") / "server.log") as (url, _):
+        yield url
+
+
+def test_upload_through_the_page_shows_the_api_result(browser, live, tmp_path):
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    page.goto(live)
+    assert "Not for clinical use" in page.inner_text("#disclaimer")
+    page.set_input_files("#file", str(XRAY))
+    page.wait_for_selector("#result[data-state=done]:not([hidden])", timeout=30_000)
+    page.wait_for_function("document.getElementById('xray').complete")
+    shown = float(page.get_attribute("#probability", "data-value"))
+    with XRAY.open("rb") as f:
+        api = httpx.post(f"{live}/v1/predict", files={"file": (XRAY.name, f, "image/jpeg")},
+                         timeout=30).json()
+    assert shown == api["probability"]
+    assert page.inner_text("#probability") == f"{api['probability']:.4f}"
+    assert page.inner_text("#label") == api["label"]
+    assert page.inner_text("#threshold") == f"{api['threshold']:.4f}"
+    width = page.eval_on_selector("#fill", "e => e.style.width")
+    assert width == f"{100 * api['probability']:.1f}%"
+    shot = tmp_path / "serve_page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+def test_a_bad_file_gets_a_clear_message(browser, live, tmp_path):
+    bad = tmp_path / "scan.jpeg"
+    bad.write_bytes(XRAY.read_bytes()[:3000])
+    page = browser.new_page()
+    page.goto(live)
+    page.set_input_files("#file", str(bad))
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    message = page.inner_text("#error")
+    assert "scan.jpeg" in message and "cannot decode" in message
+    assert page.is_hidden("#result")
