@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=None,
                    help="run folder or its model.json (default: the shipped model); repeat "
                         "for several models (seeds): each is reported, then mean and std")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept a .pt/.ckpt pickle as --model, read weights-only")
     p.add_argument("--split", default="test",
                    choices=("train", "val", "val-official", "test"))
     p.add_argument("--format", choices=("table", "json"), default="table")
