@@ -239,8 +239,8 @@ def _seeds() -> list[bytes]:
         out.append(buf.getvalue())
     from .test_dicom import _dataset, _write
 
-    path = Path(tempfile.mkdtemp()) / "seed.dcm"
-    out.append(_write(_dataset((40, 48)), np.asarray(gray), path).read_bytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        out.append(_write(_dataset((40, 48)), np.asarray(gray), Path(tmp) / "s.dcm").read_bytes())
     return out
 
 
