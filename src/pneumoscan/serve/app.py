@@ -238,7 +238,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn worker processes (`serve --workers N`): settings come as JSON."""
+    """Factory for uvicorn worker processes (`serve --workers N`): settings come as JSON.
+    A spawned worker does not inherit the parent's logging set-up, so it makes its own."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return create_app(Settings(**json.loads(os.environ.get(SETTINGS_ENV, "{}"))))
 
 
