@@ -1,6 +1,6 @@
 """Print what an explanation costs on this machine (figures, not a pass/fail test).
 
-    python benchmarks/explain_speed.py [--repeats 5] [--images 8]
+    python benchmarks/explain_speed.py [--repeats 5] [--images 8] [--threads N]
 
 Per image, batch of one, shipped model, decoded 224 px test images already in memory:
   predict    the prediction alone (predict_arrays: one forward pass)
@@ -47,7 +47,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--occlusion-images", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); on a machine shared "
+                             "with other jobs, 1 thread avoids OpenMP threads waiting on "
+                             "each other, which can make batch-1 passes 100x slower")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     e = Explainer.from_checkpoint()
     model, ckpt = e.model, e.ckpt
     load = f"{os.getloadavg()[0]:.1f}"

@@ -286,7 +286,8 @@ def _write_explanations(explainer, paths: list[str], method: str, out: str,
     from .explain import save
 
     rows, taken = [], set()
-    for e in explainer.iter_explain(paths, method, progress=len(paths) > 1):
+    progress = len(paths) > 1 or method == "occlusion"  # occlusion: seconds per image
+    for e in explainer.iter_explain(paths, method, progress=progress):
         png = None if e.error else save(e, out, explainer.ckpt.threshold, save_npy, taken)
         rows.append({"path": e.path, "probability": e.probability, "label": e.label,
                      "png": png and str(png), "error": e.error})

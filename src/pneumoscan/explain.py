@@ -214,6 +214,8 @@ class Explainer:
             cost = (f", {occlusion_settings.forward_passes(prep.input_size)} forward passes "
                     f"per image" if method == "occlusion" else "")
             bar = tqdm(total=len(paths), unit="image", desc=f"{method}{cost}")
+        if method == "occlusion":
+            batch_size = 1  # seconds per image: let the bar move per image
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation)
