@@ -23,7 +23,6 @@ from PIL import Image
 from pneumoscan import checkpoint
 from pneumoscan.predict import Predictor
 from pneumoscan.serve import Settings, create_app
-from pneumoscan.serve.app import NO_EXPLAIN
 
 from .conftest import EXAMPLES
 from .serving import predict_cli_json, running_server
@@ -105,11 +104,21 @@ def test_png_upload_is_accepted(client, predictor, tmp_path):
     assert abs(r.json()["probability"] - predictor.predict([str(png)])[0].probability) < 1e-6
 
 
-def test_explain_says_explanations_are_not_available_yet(client):
-    r = upload(client, "a.jpeg", ORIGINAL_NORMAL.read_bytes(), explain="true")
-    assert r.status_code == 200
-    assert r.json()["heatmap_png"] is None and r.json()["warnings"] == [NO_EXPLAIN]
+def test_explain_returns_a_gradcam_overlay_of_the_model_input(client):
+    import base64
 
+    import numpy as np
+    from PIL import Image
+
+    r = upload(client, "a.jpeg", ORIGINAL_NORMAL.read_bytes(), explain="true")
+    assert r.status_code == 200 and r.json()["warnings"] == []
+    overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["heatmap_png"])))
+    assert overlay.mode == "RGBA" and overlay.size == (224, 224)
+    alpha = np.asarray(overlay)[..., 3]
+    assert alpha.max() > 100 and alpha.min() < alpha.max()  # a map, not a flat layer
+    plain = upload(client, "a.jpeg", ORIGINAL_NORMAL.read_bytes())
+    assert plain.json()["heatmap_png"] is None
+    assert plain.json()["probability"] == r.json()["probability"]
 
 def test_page_and_its_files(client):
     page = client.get("/")

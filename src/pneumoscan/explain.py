@@ -281,6 +281,16 @@ def render(e: Explanation, threshold: float, out: Path, width_in: float = 5.0,
     fig.savefig(out, dpi=dpi, bbox_inches="tight")
 
 
+def heatmap_rgba(heatmap: np.ndarray) -> np.ndarray:
+    """(H, W) map in [0, 1] -> (H, W, 4) uint8 RGBA layer to lay over the X-ray, with the same
+    colours and value-dependent opacity as `render` (the web page's overlay)."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["turbo"](np.clip(heatmap, 0.0, 1.0))
+    rgba[..., 3] = 0.55 * heatmap
+    return np.round(rgba * 255).astype(np.uint8)
+
+
 def save(e: Explanation, out_dir: str | Path, threshold: float, save_npy: bool = False,
          taken: set[str] | None = None) -> Path:
     """Write <stem>_<method>.png (and .npy, the float32 map on the original geometry) into

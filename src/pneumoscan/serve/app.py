@@ -4,9 +4,13 @@ through the same predict_arrays path as `pneumoscan predict`, so scores match ex
 from __future__ import annotations
 
 import asyncio
+import base64
+import copy
+import io
 import json
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -19,6 +23,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -31,7 +36,6 @@ from .uploads import UploadError, decode, dicom_supported
 log = logging.getLogger("pneumoscan.serve")
 SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to workers
 STATIC = Path(str(resources.files("pneumoscan.serve") / "static"))
-NO_EXPLAIN = "explanations not available in this build"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class Service:
                                             thread_name_prefix="decode")
         self._batcher = MicroBatcher(lambda images: predict_arrays(predictor.model, self.ckpt,
                                                                    images))
+        # Grad-CAM gets its own copy of the model, made on first use: captum's temporary
+        # hooks must never fire on the batcher's forward passes. One heatmap at a time.
+        self._explainer = None
+        self._explain_lock = threading.Lock()
 
     async def decode(self, data: bytes, name: str) -> np.ndarray:
         s = self.settings
@@ -96,13 +104,22 @@ class Service:
     async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
         image = await self.decode(data, name)
         out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
-        out["heatmap_png"], out["warnings"] = self.heatmap(image) if explain else (None, [])
+        out["heatmap_png"] = await asyncio.to_thread(self.heatmap, image) if explain else None
+        out["warnings"] = []
         return out
 
-    def heatmap(self, image: np.ndarray) -> tuple[str | None, list[str]]:
-        """(base64 PNG overlay, warnings). The one place explanations get wired in once
-        pneumoscan.explain lands; until then the caller is told none is available."""
-        return None, [NO_EXPLAIN]
+    def heatmap(self, image: np.ndarray) -> str:
+        """Base64 PNG of the Grad-CAM overlay (RGBA, the model's square input geometry; the
+        page stretches it over the X-ray as the model squashed the X-ray)."""
+        from ..explain import Explainer, heatmap_rgba
+
+        with self._explain_lock:
+            if self._explainer is None:
+                self._explainer = Explainer(copy.deepcopy(self.predictor.model), self.ckpt)
+            heatmap = self._explainer.maps(image[None])[0]
+        buf = io.BytesIO()
+        Image.fromarray(heatmap_rgba(heatmap), "RGBA").save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode("ascii")
 
     async def predict_many(self, files: list[tuple[str, bytes]]) -> list[dict]:
         decoded = await asyncio.gather(*(self.decode(data, name) for name, data in files),
