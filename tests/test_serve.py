@@ -212,14 +212,20 @@ def test_415_for_unsupported_types(client, name, data, ctype):
     assert r.status_code == 415 and name in r.json()["detail"]
 
 
-def test_dicom_is_415_until_load_gray_decodes_it(client):
-    dicom = bytes(128) + b"DICM" + bytes(64)
-    r = upload(client, "scan.dcm", dicom, "application/dicom")
-    if "application/dicom" in client.get("/v1/model").json()["accepts"]:
-        assert r.status_code == 422  # supported, but this one holds no image
-    else:
-        assert r.status_code == 415 and "DICOM" in r.json()["detail"]
+def test_dicom_upload_scores_as_its_jpeg_source(client, tmp_path, data_dir):
+    from .test_dicom import _dataset, _gray, _write
 
+    assert "application/dicom" in client.get("/v1/model").json()["accepts"]
+    junk = upload(client, "scan.dcm", bytes(128) + b"DICM" + bytes(64), "application/dicom")
+    assert junk.status_code == 422  # DICOM, but it holds no image
+    jpeg = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[0]
+    pixels = _gray(jpeg)
+    dcm = _write(_dataset(pixels.shape), pixels, tmp_path / "scan.dcm")
+    from_dicom = upload(client, "scan.dcm", dcm.read_bytes(), "application/dicom")
+    from_jpeg = upload(client, "a.jpeg", jpeg.read_bytes())
+    assert from_dicom.status_code == 200
+    assert abs(from_dicom.json()["probability"] - from_jpeg.json()["probability"]) < 1e-6
+    assert "Doe" not in from_dicom.text and "SECRET" not in from_dicom.text  # no patient tags
 
 def test_415_when_the_body_is_not_multipart(client):
     r = client.post("/v1/predict", json={"file": "x"})
