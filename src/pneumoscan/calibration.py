@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from . import checkpoint
@@ -24,28 +23,13 @@ from .metrics import (
     map_threshold,
     sigmoid,
 )
-from .transforms import load_many, to_model_input
+from .predict import predict_logits
+from .predict import scaled_sigmoid as probabilities
+from .transforms import load_many
 
 
 def temperature_of(ckpt: checkpoint.Checkpoint) -> float:
     return float(ckpt.extra.get("temperature", 1.0))  # absent in older checkpoints
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
-                   batch_size: int = 32) -> np.ndarray:
-    """(N, S, S) uint8 gray images -> (N,) float32 logits (same batches as predict_arrays)."""
-    model.eval()
-    out = [model(to_model_input(torch.from_numpy(images[i:i + batch_size]).unsqueeze(1),
-                                ckpt.preprocessing)).float()[:, 0].numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
-def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Logits -> probabilities exactly as predict_arrays computes them (float32 sigmoid)."""
-    z = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
-    return torch.sigmoid(z / temperature).numpy().astype(np.float64)
 
 
 def score_records(model: nn.Module, ckpt: checkpoint.Checkpoint, records: list):

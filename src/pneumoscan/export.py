@@ -117,22 +117,12 @@ def onnx_logits(path: str | Path, images: np.ndarray, batch_size: int = 32,
 
 
 @torch.inference_mode()
-def torch_logits(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
-                 batch_size: int = 32) -> np.ndarray:
-    """The fp32 PyTorch reference logits for the parity check."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).unsqueeze(1)
-        out.append(model.eval()(to_model_input(x, ckpt.preprocessing))[:, 0].double().numpy())
-    return np.concatenate(out)
-
-
 def parity(path: Path, model: nn.Module, ckpt: checkpoint.Checkpoint,
            images: np.ndarray) -> dict:
     """Max |probability difference| and label flips at the stored threshold, ONNX vs torch."""
-    from .predict import probabilities_from_logits
+    from .predict import predict_logits, probabilities_from_logits
 
-    p_ref = probabilities_from_logits(torch_logits(model, ckpt, images), ckpt)
+    p_ref = probabilities_from_logits(predict_logits(model, ckpt, images), ckpt)
     p_onnx = probabilities_from_logits(onnx_logits(path, images), ckpt)
     flips = int(((p_ref >= ckpt.threshold) != (p_onnx >= ckpt.threshold)).sum())
     return {"n": int(len(images)), "max_abs_prob_diff": float(np.abs(p_ref - p_onnx).max()),

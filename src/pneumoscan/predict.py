@@ -40,24 +40,36 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return out
 
 
+def scaled_sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(N,) logits -> (N,) float64 probabilities sigmoid(logit / T), computed in float32 as
+    every stored threshold was: a threshold is one val image's score, so the same arithmetic
+    must reproduce it to the last bit or that image's label could flip."""
+    z = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    return torch.sigmoid(z / temperature).numpy().astype(np.float64)
+
+
 def probabilities_from_logits(logits: np.ndarray, ckpt: checkpoint.Checkpoint) -> np.ndarray:
     """(N,) logits -> (N,) pneumonia probabilities (float64); the one place every runtime
-    (torch, ONNX) turns a logit into the probability compared with the stored threshold."""
-    # The temperature was fitted on val (calibrate); the stored threshold is in its scale.
-    logits = np.asarray(logits, dtype=np.float64) / ckpt.extra.get("temperature", 1.0)
-    return 1.0 / (1.0 + np.exp(-logits))
+    (torch, ONNX) turns a logit into the probability compared with the stored threshold.
+    The temperature was fitted on val (calibrate); the stored threshold is in its scale."""
+    return scaled_sigmoid(logits, float(ckpt.extra.get("temperature", 1.0)))
 
 
 @torch.inference_mode()
+def predict_logits(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
+                   batch_size: int = 32) -> np.ndarray:
+    """(N, S, S) uint8 gray images -> (N,) float32 pneumonia logits."""
+    model.eval()
+    logits = [model(to_model_input(torch.from_numpy(images[i:i + batch_size]).unsqueeze(1),
+                                   ckpt.preprocessing)).float()[:, 0].numpy()
+              for i in range(0, len(images), batch_size)]
+    return np.concatenate(logits) if logits else np.zeros(0, dtype=np.float32)
+
+
 def predict_arrays(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
                    batch_size: int = 32) -> np.ndarray:
     """(N, S, S) uint8 gray images -> (N,) pneumonia probabilities (float64)."""
-    model.eval()
-    logits = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).unsqueeze(1)
-        logits.append(model(to_model_input(x, ckpt.preprocessing)).float()[:, 0].numpy())
-    return probabilities_from_logits(np.concatenate(logits) if logits else np.zeros(0), ckpt)
+    return probabilities_from_logits(predict_logits(model, ckpt, images, batch_size), ckpt)
 
 
 class Predictor:

@@ -18,12 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, checkpoint, resume
-from .calibration import calibrate_checkpoint, predict_logits
+from .calibration import calibrate_checkpoint
 from .config import TrainConfig
 from .data import LABELS, Record, scan, split_train_val, write_manifest
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity
 from .models import create_model
-from .predict import predict_arrays
+from .predict import predict_arrays, predict_logits
 from .transforms import Preprocessing, load_many, to_model_input, train_augmentation
 
 log = logging.getLogger(__name__)
