@@ -77,3 +77,19 @@ def test_export_cli_shipped_model_on_real_images(tmp_path, capsys):
 def test_onnx_runtime_needs_a_file(capsys):
     assert main(["predict", str(EXAMPLES), "--runtime", "onnx"]) == 2
     assert "--onnx" in capsys.readouterr().err
+
+
+def test_gradcam_from_onnx_equals_gradcam_from_pytorch(exported, tiny_run):
+    from pneumoscan.explain import cam_from_features, gradcam
+
+    out, _, arr = exported
+    model, ckpt = checkpoint.load(tiny_run.dir)
+    images = arr[:6]
+    torch_maps = gradcam(model, ckpt, images)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (feats,) = sess.run([FEATURES], {"image": images[:, None]})
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    weight = np.array(json.loads(props["pneumoscan.cam_weights"])["weight"][0])
+    onnx_maps = np.stack([cam_from_features(f, weight) for f in feats])
+    assert onnx_maps.shape == torch_maps.shape and torch_maps.max() == 1.0  # real maps, not blank
+    assert np.abs(onnx_maps - torch_maps).max() < 1e-3, np.abs(onnx_maps - torch_maps).max()
