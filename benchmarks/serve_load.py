@@ -8,7 +8,7 @@ Starts a real server (one worker) on a free local port, then
 2. a mixed load: --requests requests from --concurrency client threads, about 60% 224 px
    X-rays, 20% full-size originals, 20% bad files (text, empty, truncated JPEG); every
    answer is checked (status, and probability against an in-process Predictor);
-3. throughput of 224 px X-rays alone at --concurrency, to compare with predict_speed.py;
+3. throughput of 224 px X-rays alone at --concurrency, vs batch predict (pneumoscan bench);
 and prints the server's resident memory (now and peak). Phases 2-3 run --repeats times;
 the median is printed. The client threads share the machine's cores with the server.
 """
