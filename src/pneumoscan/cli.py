@@ -19,6 +19,12 @@ def _data_arg(p: argparse.ArgumentParser) -> None:
                    help="dataset folder (default: $PNEUMOSCAN_DATA, then data/chest_xray)")
 
 
+def _manifest_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", default=None, metavar="CSV",
+                   help="images listed in a CSV (path,label[,patient,etiology,split]) "
+                        "instead of --data; relative paths are from the CSV's folder")
+
+
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="run folder or its model.json (default: the shipped model)")
@@ -43,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; writes a run folder")
     _data_arg(p)
+    _manifest_arg(p)
     p.add_argument("--config", default=None, help="YAML file of config keys")
     p.add_argument("--out", default=None, help="run folder (default: runs/<time>-<model>)")
     p.add_argument("--resume", default=None, metavar="RUN",
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics on a split at the stored threshold")
     _data_arg(p)
+    _manifest_arg(p)
     p.add_argument("--model", action="append", default=None,
                    help="run folder or its model.json (default: the shipped model); repeat "
                         "for several models (seeds): each is reported, then mean and std")
@@ -123,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _data_dir(args) -> str:
     from .data import default_data_dir
 
-    return str(getattr(args, "data_dir", None) or args.data or default_data_dir())
+    return str(getattr(args, "manifest", None) or getattr(args, "data_dir", None) or args.data
+               or default_data_dir())
 
 
 def cmd_audit(args) -> int:
@@ -354,10 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DatasetNotFound
     from .export import ExportError
+    from .manifest import ManifestError
 
     try:
         return COMMANDS[args.command](args)
-    except (DatasetNotFound, CheckpointError, ConfigError, ExportError) as e:
+    except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError) as e:
         print(f"pneumoscan {args.command}: {e}", file=sys.stderr)
         return USAGE_ERROR
 

@@ -35,6 +35,9 @@ class TrainConfig:
     aug_hflip: bool = False
     limit_per_class: int = 0
     num_workers: int = 0
+    cache: str = "auto"
+    cache_budget_gb: float = 0.0
+    cache_dir: str = ""
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"

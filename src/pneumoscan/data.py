@@ -122,6 +122,15 @@ def scan(data_dir: str | Path) -> list[Record]:
     return records
 
 
+def load_records(source: str | Path) -> list[Record]:
+    """Records from a dataset folder (scan) or a manifest CSV file (read_manifest)."""
+    if Path(source).suffix.lower() == ".csv":
+        from .manifest import read_manifest
+
+        return read_manifest(source)
+    return scan(source)
+
+
 def _groups(records: list[Record]) -> np.ndarray:
     """Group id per record: one patient, merged with any patient sharing a byte-identical image,
     so that a duplicate never straddles the train/val boundary."""

@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint
 from .config import config_from_dict
-from .data import scan, select
+from .data import load_records, select
 from .metrics import headline_metrics
 from .predict import predict_arrays
 from .transforms import load_many
@@ -21,7 +21,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     The carved `val` split is rebuilt from the seed and fraction stored in the checkpoint.
     Unreadable images are listed under `skipped`, not scored.
     """
-    all_records = scan(data_dir)  # a missing dataset is reported before the model loads
+    all_records = load_records(data_dir)  # a missing dataset is reported before the model loads
     model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)
     model = model.to(memory_format=torch.channels_last)
     cfg = config_from_dict(ckpt.config)

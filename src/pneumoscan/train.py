@@ -17,14 +17,14 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__, checkpoint, resume
+from . import __version__, cache, checkpoint, resume
 from .calibration import calibrate_checkpoint
 from .config import TrainConfig
-from .data import LABELS, Record, scan, split_train_val, write_manifest
+from .data import LABELS, Record, load_records, split_train_val, write_manifest
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity
 from .models import create_model
 from .predict import predict_arrays, predict_logits
-from .transforms import Preprocessing, load_many, to_model_input, train_augmentation
+from .transforms import Preprocessing, to_model_input, train_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +171,9 @@ def _limit(records: list[Record], per_class: int, seed: int) -> list[Record]:
     return keep
 
 
-def _decode(records: list[Record], size: int, interpolation: str):
-    """Decode each image once; unreadable files are logged and dropped, never fatal."""
-    arr, ok, errors = load_many([r.path for r in records], size, interpolation)
-    for message in errors.values():
-        log.warning("skipping unreadable training image: %s", message)
-    targets = np.array([records[i].target for i in ok], dtype=np.float32)
-    return arr, targets, list(errors.values())
+def _decode(records: list[Record], prep: Preprocessing, mode: str, cache_dir: Path):
+    """Decode each image once into the memory or disk cache; unreadable files are dropped."""
+    return cache.decode(records, prep.input_size, prep.interpolation, mode, cache_dir)
 
 
 def _write_history(history: list[dict], run_dir: Path) -> None:
@@ -195,7 +191,8 @@ def _write_history(history: list[dict], run_dir: Path) -> None:
 
 def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = None,
         resume_run: bool = False) -> Run:
-    """Train `cfg.model` on the train folder of `data_dir`, select on the carved val split.
+    """Train `cfg.model` on the train folder (or manifest CSV's train rows) of `data_dir`,
+    select on the carved val split.
     With resume_run, continue the killed run in `run_dir` from its lightning/last.ckpt
     (weights, optimizer, scheduler, epoch, early stopping, RNG); `cfg` must be its config."""
     t0 = time.perf_counter()
@@ -207,20 +204,23 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     if not resume_run:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    records = _limit([r for r in scan(data_dir) if r.split == "train"], cfg.limit_per_class,
-                     cfg.seed)
+    records = _limit([r for r in load_records(data_dir) if r.split == "train"],
+                     cfg.limit_per_class, cfg.seed)
     train_recs, val_recs = split_train_val(records, cfg.val_fraction, cfg.seed)
     if resume_run:
         resume.check_same_split(run_dir, train_recs + val_recs)
     else:
         write_manifest(train_recs + val_recs, run_dir / "split.csv")
     prep = Preprocessing(input_size=cfg.image_size)
-    x_tr, y_tr, skipped = _decode(train_recs, prep.input_size, prep.interpolation)
-    x_va, y_va, skipped_va = _decode(val_recs, prep.input_size, prep.interpolation)
+    mode = cache.resolve_mode(cfg.cache, len(records), prep.input_size, cfg.cache_budget_gb)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
+    x_tr, y_tr, skipped = _decode(train_recs, prep, mode, cache_dir)
+    x_va, y_va, skipped_va = _decode(val_recs, prep, mode, cache_dir)
     skipped += skipped_va
     (run_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped), encoding="utf-8",
                                          errors="surrogateescape")  # names as on disk
-    log.info("train %d images, val %d images, %d skipped", len(x_tr), len(x_va), len(skipped))
+    log.info("train %d images, val %d images, %d skipped; %s cache", len(x_tr), len(x_va),
+             len(skipped), mode)
 
     aug = train_augmentation(cfg.aug_rotation, cfg.aug_translate, cfg.aug_zoom,
                              cfg.aug_brightness, cfg.aug_contrast, cfg.aug_hflip)
