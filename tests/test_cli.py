@@ -99,3 +99,14 @@ def test_audit_cli_json(small_data, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["counts"]["train"] == {"NORMAL": 24, "PNEUMONIA": 24}
     assert (tmp_path / "a" / "class_distribution.png").is_file()
+
+
+def test_a_split_without_images_is_a_usage_error(tiny_run, small_data, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "chest_xray"
+    shutil.copytree(small_data, data)
+    shutil.rmtree(data / "val")  # no official val folder at all
+    code = main(["evaluate", "--data", str(data), "--split", "val-official",
+                 "--model", str(tiny_run.dir)])
+    assert code == 2 and "holds no images" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint
 from .config import config_from_dict
-from .data import load_records, select
+from .data import DatasetNotFound, load_records, select
 from .metrics import headline_metrics
 from .predict import predict_arrays
 from .transforms import load_many
@@ -27,7 +27,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     cfg = config_from_dict(ckpt.config)
     records = select(all_records, split, cfg.val_fraction, cfg.seed)
     if not records:
-        raise ValueError(f"split '{split}' of {data_dir} holds no images")
+        raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     prep = ckpt.preprocessing
     images, ok, errors = load_many([r.path for r in records], prep.input_size,
                                    prep.interpolation)

@@ -22,7 +22,7 @@ import torch
 from . import __version__, checkpoint, plots
 from .calibration import probabilities, score_records, temperature_of
 from .config import config_from_dict
-from .data import Record, scan, select
+from .data import DatasetNotFound, Record, scan, select
 from .metrics import (
     bootstrap_ci,
     expected_calibration_error,
@@ -151,7 +151,7 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
     splits.update({name: select(pool, name, cfg.val_fraction, cfg.seed)
                    for name in ("train", "val")})
     if not splits.get(split):
-        raise ValueError(f"split '{split}' of {data_dir} holds no images")
+        raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     ev = _score(model, ckpt, splits[split], split)
     val = ev if split == "val" else _score(model, ckpt, splits["val"], "val")
     thr, temp = ckpt.threshold, temperature_of(ckpt)
