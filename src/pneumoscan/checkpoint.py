@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -198,6 +199,12 @@ def load(path: str | Path | None = None,
         raise CheckpointError(f"{path or folder}: weights do not fit {ckpt.model_name} "
                               f"({str(e).splitlines()[0]})") from None
     ckpt.extra["path"] = str(folder)
+    if ckpt.extra.get("ood") is not None and not (folder / OOD).is_file():
+        # A model.json copied without its gate (e.g. beside a pickle): predict without one,
+        # but say so. A present but unreadable file is an error below.
+        warnings.warn(f"{folder / OOD} is missing: predicting without the out-of-distribution "
+                      f"gate that {META} declares", stacklevel=2)
+        ckpt.extra["ood"] = None
     if ckpt.extra.get("ood") is not None:  # older checkpoints have no gate: ood stays None
         try:
             ckpt.ood_stats = {k: v.numpy() for k, v in load_file(folder / OOD).items()}
