@@ -157,3 +157,10 @@ def test_model_json_without_its_gate_file_warns_and_predicts(tiny_run, test_xray
     (run / checkpoint.OOD).write_bytes(b"not safetensors")
     with pytest.raises(checkpoint.CheckpointError, match="unreadable OOD statistics"):
         checkpoint.load(run)
+
+
+def test_batch_of_only_unreadable_files(shipped, tmp_path):
+    bad = tmp_path / "bad.jpeg"
+    bad.write_text("not an image")
+    (r,) = shipped.predict([str(bad)])
+    assert r.error and r.ood is None and r.ood_score is None

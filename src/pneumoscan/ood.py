@@ -79,6 +79,8 @@ def fit_stats(train_features: np.ndarray, components: int = COMPONENTS) -> dict[
 
 def scores(features: np.ndarray, stats: dict) -> np.ndarray:
     """(N, D) features -> (N,) Mahalanobis distances (float64) under the stored statistics."""
+    if len(features) == 0:  # a batch in which no file could be decoded
+        return np.zeros(0)
     get = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
     centred = features.astype(np.float64) - get["mean"]
     z = centred @ get["axes"].T
