@@ -75,7 +75,8 @@ def test_predict_formats_and_exit_codes(tiny_run, small_data, tmp_path, capsys):
     assert main(["predict", str(good), "--model", str(tiny_run.dir), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"threshold", "predictions"}
-    assert set(out["predictions"][0]) == {"path", "probability", "label", "error"}
+    assert set(out["predictions"][0]) == {"path", "probability", "label", "error", "ood",
+                                          "ood_score"}
 
     bad = tmp_path / "bad.jpeg"
     bad.write_text("not an image")
@@ -83,7 +84,7 @@ def test_predict_formats_and_exit_codes(tiny_run, small_data, tmp_path, capsys):
                  "--format", "csv"]) == 1
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert lines[0] == "path,probability,label,error" and len(lines) == 3
+    assert lines[0] == "path,probability,label,error,ood,ood_score" and len(lines) == 3
     assert "bad.jpeg" in captured.err
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,7 @@ from .models import create_model
 from .transforms import Preprocessing
 
 WEIGHTS, META = "model.safetensors", "model.json"
+OOD = "ood.safetensors"  # statistics of the out-of-distribution gate (ood.py), if fitted
 FORMAT = "pneumoscan-checkpoint/1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 
@@ -42,6 +44,8 @@ class Checkpoint:
     val_metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # version, git SHA, hashes, timings
+    # The gate's arrays from OOD (its threshold etc. are extra["ood"] in model.json).
+    ood_stats: dict | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "model_name": self.model_name, "labels": self.labels,
@@ -100,6 +104,21 @@ def save(run_dir: str | Path, model: nn.Module, ckpt: Checkpoint,
     tmp.write_text(json.dumps(ckpt.to_json(), indent=2, default=str) + "\n")
     os.replace(tmp, meta)
     return meta
+
+
+def save_ood(run_dir: str | Path, stats: dict, meta: dict) -> Path:
+    """Store the out-of-distribution gate of a saved run: OOD beside the weights and its
+    threshold as "ood" in model.json; the weights are not touched."""
+    run_dir = resolve(run_dir)
+    tmp = run_dir / f".{OOD}.tmp-{os.getpid()}"
+    save_file({k: torch.from_numpy(v).contiguous() for k, v in stats.items()}, tmp)
+    os.replace(tmp, run_dir / OOD)
+    data = json.loads((run_dir / META).read_text())
+    data["ood"] = {**meta, "sha256": file_sha256(run_dir / OOD)}
+    tmp = run_dir / f".{META}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, run_dir / META)
+    return run_dir / OOD
 
 
 def default_model_dir() -> Path:
@@ -180,4 +199,15 @@ def load(path: str | Path | None = None,
         raise CheckpointError(f"{path or folder}: weights do not fit {ckpt.model_name} "
                               f"({str(e).splitlines()[0]})") from None
     ckpt.extra["path"] = str(folder)
+    if ckpt.extra.get("ood") is not None and not (folder / OOD).is_file():
+        # A model.json copied without its gate (e.g. beside a pickle): predict without one,
+        # but say so. A present but unreadable file is an error below.
+        warnings.warn(f"{folder / OOD} is missing: predicting without the out-of-distribution "
+                      f"gate that {META} declares", stacklevel=2)
+        ckpt.extra["ood"] = None
+    if ckpt.extra.get("ood") is not None:  # older checkpoints have no gate: ood stays None
+        try:
+            ckpt.ood_stats = {k: v.numpy() for k, v in load_file(folder / OOD).items()}
+        except Exception as e:  # noqa: BLE001 (SafetensorError, OSError)
+            raise CheckpointError(f"{folder / OOD}: unreadable OOD statistics ({e})") from None
     return model.eval(), ckpt

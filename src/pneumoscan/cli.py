@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(p)
     _model_arg(p)
 
+    p = sub.add_parser("fit-ood", help="fit the out-of-distribution gate on train/val; "
+                                       "writes ood.safetensors and rewrites model.json")
+    _data_arg(p)
+    _model_arg(p)
+    p.add_argument("--target-false-reject", type=float, default=0.005,
+                   help="share of val X-rays allowed above the threshold (default 0.005)")
+
     p = sub.add_parser("model-card", help="write a model card from a report's metrics.json")
     _model_arg(p)
     p.add_argument("--metrics", required=True,
@@ -240,6 +247,16 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_fit_ood(args) -> int:
+    from .ood import fit_for_run
+
+    g = fit_for_run(args.model, _data_dir(args), args.target_false_reject)
+    print(f"OOD gate: {g['components']} components fitted on {g['n_train']} train images, "
+          f"threshold {g['threshold']:.2f} for {g['target_false_reject']:.1%} false rejects "
+          f"on {g['n_val']} val images; ood.safetensors written, model.json rewritten")
+    return 0
+
+
 def cmd_model_card(args) -> int:
     from .model_card import write_model_card
 
@@ -266,7 +283,7 @@ def cmd_predict(args) -> int:
         predictor = Predictor.from_checkpoint(args.model, bf16=args.bf16,
                                               allow_pickle=args.allow_pickle)
     rows = [r.to_dict() for r in predictor.predict(paths)]
-    columns = ["path", "probability", "label", "error"]
+    columns = ["path", "probability", "label", "error", "ood", "ood_score"]
     if args.format == "json":
         print(json.dumps({"threshold": predictor.threshold, "predictions": rows}, indent=2))
     elif args.format == "csv":
@@ -281,6 +298,10 @@ def cmd_predict(args) -> int:
     for r in rows:
         if r["error"]:
             print(f"error: {r['error']}", file=sys.stderr)
+        if r["ood"]:
+            print(f"warning: {r['path']}: does not look like the chest X-rays this model was "
+                  f"trained on (OOD score {r['ood_score']:.1f}); its probability is unreliable",
+                  file=sys.stderr)
     if args.explain:
         from .explain import Explainer
 
@@ -349,7 +370,8 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "calibrate": cmd_calibrate, "model-card": cmd_model_card,
+            "predict": cmd_predict, "calibrate": cmd_calibrate,
+            "fit-ood": cmd_fit_ood, "model-card": cmd_model_card,
             "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, ood
 from .data import is_image_file
 from .transforms import load_many, to_model_input
 
@@ -21,10 +21,12 @@ class Prediction:
     probability: float | None = None
     label: str | None = None
     error: str | None = None
+    ood: bool | None = None  # None: no score, or a checkpoint without an OOD gate
+    ood_score: float | None = None
 
     def to_dict(self) -> dict:
         return {"path": self.path, "probability": self.probability, "label": self.label,
-                "error": self.error}
+                "error": self.error, "ood": self.ood, "ood_score": self.ood_score}
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
@@ -105,6 +107,17 @@ class Predictor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             return predict_arrays(self.model, self.ckpt, images, batch_size)
 
+    def scores(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S) uint8 -> (N,) probabilities and (N,) OOD scores from the same forward
+        pass (NaN scores when the checkpoint has no gate or the runtime is not torch)."""
+        if self.ckpt.ood_stats is None or self.model is None:
+            probs = self.probabilities(images, batch_size)
+            return probs, np.full(len(probs), np.nan)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits, feats = ood.logits_and_features(self.model, self.ckpt, images, batch_size)
+        return (probabilities_from_logits(logits, self.ckpt),
+                ood.scores(feats, self.ckpt.ood_stats))
+
     def predict(self, paths: list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per path, in order; an unreadable file gets `error` and no score."""
         prep = self.ckpt.preprocessing
@@ -127,7 +140,9 @@ class Predictor:
                     is_dir = Path(chunk[j]).is_dir()
                     results[start + j].error = (f"{chunk[j]}: folder holds no image files"
                                                 if is_dir else message)
-                for j, prob in zip(ok, self.probabilities(arr, batch_size)):
+                for j, prob, score in zip(ok, *self.scores(arr, batch_size)):
                     r = results[start + j]
                     r.probability, r.label = float(prob), self.label_of(prob)
+                    if not np.isnan(score):
+                        r.ood_score, r.ood = float(score), ood.flag(score, self.ckpt)
         return results

@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .data import LABELS, Record, load_records, split_train_val, write_manifest
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity
 from .models import create_model
+from .ood import fit_gate
 from .predict import predict_arrays, predict_logits
 from .transforms import Preprocessing, to_model_input, train_augmentation
 
@@ -278,4 +279,5 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
                                          f"{cfg.target_sensitivity}",
                        "created": datetime.now().isoformat(timespec="seconds")})
     checkpoint.save(run_dir, final, ckpt, dtype=torch.float16)
+    checkpoint.save_ood(run_dir, *fit_gate(final, ckpt, x_tr, x_va))  # same train/val split
     return Run(run_dir, ckpt.val_metrics, best_epoch, seconds, skipped)

@@ -1,5 +1,5 @@
 """FastAPI app factory: the model is loaded once at start-up; inference runs off the event loop
-through the same predict_arrays path as `pneumoscan predict`, so scores match exactly."""
+through the same Predictor.scores path as `pneumoscan predict`, so scores match exactly."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__, checkpoint
-from ..predict import Predictor, predict_arrays
+from ..ood import flag
+from ..predict import Predictor
 from .batcher import MicroBatcher
 from .middleware import AccessLog, BodyLimit
 from .uploads import UploadError, decode, dicom_supported
@@ -76,8 +77,8 @@ class Service:
         # micro-batches on one thread.
         self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                             thread_name_prefix="decode")
-        self._batcher = MicroBatcher(lambda images: predict_arrays(predictor.model, self.ckpt,
-                                                                   images))
+        # Each row: (probability, OOD score or NaN), from one forward pass.
+        self._batcher = MicroBatcher(lambda images: np.column_stack(predictor.scores(images)))
         # Grad-CAM gets its own copy of the model, made on first use: captum's temporary
         # hooks must never fire on the batcher's forward passes. One heatmap at a time.
         self._explainer = None
@@ -90,22 +91,29 @@ class Service:
         return await asyncio.wrap_future(job)
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 -> (N, 2): probability and OOD score (NaN without a gate)."""
         return await self._batcher.score(images)
 
     def close(self) -> None:
         self._batcher.close()
         self._decoders.shutdown(wait=True)
 
-    def result(self, probability: float) -> dict:
-        return {"probability": float(probability),
-                "label": self.predictor.label_of(probability),
-                "threshold": self.predictor.threshold, "model": self.model_info}
+    def result(self, row: np.ndarray) -> dict:
+        probability, score = float(row[0]), float(row[1])
+        gate = self.ckpt.extra.get("ood")
+        flagged = None if np.isnan(score) else flag(score, self.ckpt)
+        warnings = ["out of distribution: this image does not look like the chest X-rays the "
+                    "model was trained on; the probability is unreliable"] if flagged else []
+        return {"probability": probability, "label": self.predictor.label_of(probability),
+                "threshold": self.predictor.threshold, "model": self.model_info,
+                "ood": {"flagged": flagged, "score": None if np.isnan(score) else score,
+                        "threshold": gate["threshold"] if gate else None},
+                "warnings": warnings}
 
     async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
         image = await self.decode(data, name)
         out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
         out["heatmap_png"] = await asyncio.to_thread(self.heatmap, image) if explain else None
-        out["warnings"] = []
         return out
 
     def heatmap(self, image: np.ndarray) -> str:
