@@ -111,3 +111,20 @@ def test_a_split_without_images_is_a_usage_error(tiny_run, small_data, tmp_path,
     code = main(["evaluate", "--data", str(data), "--split", "val-official",
                  "--model", str(tiny_run.dir)])
     assert code == 2 and "holds no images" in capsys.readouterr().err
+
+
+def test_evaluate_val_of_a_quick_run_uses_its_per_class_subset(small_data, tmp_path, capsys):
+    from pneumoscan.config import load_config
+    from pneumoscan.train import fit
+
+    cfg = load_config(None, ["image_size=48", "epochs=1", "batch_size=8", "val_fraction=0.2",
+                             "model=custom-cnn", "pretrained=false", "precision=32-true",
+                             "limit_per_class=15"])
+    run = fit(cfg, small_data, tmp_path / "quick")
+    capsys.readouterr()  # drop the progress bar's output
+    main(["evaluate", "--data", str(small_data), "--split", "val", "--model", str(run.dir),
+          "--format", "json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == run.val_metrics["n"] < 10  # the run's own val, not the full carve
+    assert [result[k] for k in ("tp", "fp", "tn", "fn")] == \
+        [run.val_metrics[k] for k in ("tp", "fp", "tn", "fn")]

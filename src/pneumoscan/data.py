@@ -152,14 +152,32 @@ def _groups(records: list[Record]) -> np.ndarray:
     return np.array([index[g] for g in roots])
 
 
-def split_train_val(records: list[Record], val_fraction: float, seed: int):
-    """Carve a validation split out of the train folder, grouped by patient, stratified by label.
+def limit_per_class(records: list[Record], per_class: int, seed: int) -> list[Record]:
+    """A seeded subset of at most `per_class` train-folder images per label (quick runs);
+    every record when per_class <= 0."""
+    pool = [r for r in records if r.split == "train"]
+    if per_class <= 0:
+        return pool
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in LABELS:
+        of_label = [r for r in pool if r.label == label]
+        idx = sorted(rng.choice(len(of_label), size=min(per_class, len(of_label)),
+                                replace=False))
+        keep += [of_label[i] for i in idx]
+    return keep
+
+
+def split_train_val(records: list[Record], val_fraction: float, seed: int,
+                    per_class: int = 0):
+    """Carve a validation split out of the train folder, grouped by patient, stratified by label
+    (out of a `limit_per_class` subset when per_class > 0).
 
     Returns (train, val) lists of records. Deterministic for a given manifest and seed.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    pool = [r for r in records if r.split == "train"]
+    pool = limit_per_class(records, per_class, seed)
     if not 0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     n_splits = max(2, round(1 / val_fraction))
@@ -169,10 +187,12 @@ def split_train_val(records: list[Record], val_fraction: float, seed: int):
     return [pool[i] for i in sorted(train_idx)], [pool[i] for i in sorted(val_idx)]
 
 
-def select(records: list[Record], split: str, val_fraction: float, seed: int) -> list[Record]:
-    """Records of a named split: train, val (carved from train), val-official, test."""
+def select(records: list[Record], split: str, val_fraction: float, seed: int,
+           per_class: int = 0) -> list[Record]:
+    """Records of a named split: train, val (carved from train as fit() carves it, with the
+    run's limit_per_class), val-official, test."""
     if split in ("train", "val"):
-        train, val = split_train_val(records, val_fraction, seed)
+        train, val = split_train_val(records, val_fraction, seed, per_class)
         return train if split == "train" else val
     if split in ("val-official", "test"):
         return [r for r in records if r.split == split]

@@ -25,7 +25,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)
     model = model.to(memory_format=torch.channels_last)
     cfg = config_from_dict(ckpt.config)
-    records = select(all_records, split, cfg.val_fraction, cfg.seed)
+    records = select(all_records, split, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
     if not records:
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     prep = ckpt.preprocessing

@@ -209,7 +209,8 @@ def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> n
 
     _, ckpt = checkpoint.load(model_path)
     cfg = config_from_dict(ckpt.config)
-    records = select(scan(data_dir), "val", cfg.val_fraction, cfg.seed)
+    records = select(scan(data_dir), "val", cfg.val_fraction, cfg.seed,
+                     cfg.limit_per_class)
     # Spread over the split (it is ordered by label) so both classes are present.
     step = max(1, len(records) // n)
     prep = ckpt.preprocessing

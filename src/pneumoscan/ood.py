@@ -120,7 +120,7 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
     arrays = {}
     for split in ("train", "val"):
         recs = select(records, split, float(cfg.get("val_fraction", 0.1)),
-                      int(cfg.get("seed", 42)))
+                      int(cfg.get("seed", 42)), int(cfg.get("limit_per_class", 0)))
         arrays[split] = load_many([r.path for r in recs], prep.input_size,
                                   prep.interpolation)[0]
     stats, meta = fit_gate(model, ckpt, arrays["train"], arrays["val"], target_false_reject)

@@ -35,7 +35,6 @@ from .metrics import (
     wilson_interval,
 )
 from .report_html import render
-from .train import _limit
 from .transforms import load_gray
 
 SHIPPED_HISTORY = Path(__file__).resolve().parents[2] / "docs" / "shipped-model" / "history.csv"
@@ -144,12 +143,8 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
     model = model.to(memory_format=torch.channels_last)
     folder = Path(ckpt.extra["path"]).resolve()
     cfg = config_from_dict(ckpt.config)
-    splits = {name: select(records, name, cfg.val_fraction, cfg.seed)
-              for name in ("val-official", "test")}
-    # train and val exactly as fit() carved them, including a quick run's per-class subset
-    pool = _limit([r for r in records if r.split == "train"], cfg.limit_per_class, cfg.seed)
-    splits.update({name: select(pool, name, cfg.val_fraction, cfg.seed)
-                   for name in ("train", "val")})
+    splits = {name: select(records, name, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+              for name in ("train", "val", "val-official", "test")}
     if not splits.get(split):
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     ev = _score(model, ckpt, splits[split], split)

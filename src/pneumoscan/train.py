@@ -159,19 +159,6 @@ def resolve_precision(setting: str) -> str:
     return "bf16-mixed" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "32-true"
 
 
-def _limit(records: list[Record], per_class: int, seed: int) -> list[Record]:
-    """A seeded subset of at most `per_class` train-folder images per label (for quick runs)."""
-    if per_class <= 0:
-        return records
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in LABELS:
-        pool = [r for r in records if r.split == "train" and r.label == label]
-        idx = sorted(rng.choice(len(pool), size=min(per_class, len(pool)), replace=False))
-        keep += [pool[i] for i in idx]
-    return keep
-
-
 def _decode(records: list[Record], prep: Preprocessing, mode: str, cache_dir: Path):
     """Decode each image once into the memory or disk cache; unreadable files are dropped."""
     return cache.decode(records, prep.input_size, prep.interpolation, mode, cache_dir)
@@ -205,15 +192,15 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     if not resume_run:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    records = _limit([r for r in load_records(data_dir) if r.split == "train"],
-                     cfg.limit_per_class, cfg.seed)
-    train_recs, val_recs = split_train_val(records, cfg.val_fraction, cfg.seed)
+    train_recs, val_recs = split_train_val(load_records(data_dir), cfg.val_fraction, cfg.seed,
+                                           cfg.limit_per_class)
     if resume_run:
         resume.check_same_split(run_dir, train_recs + val_recs)
     else:
         write_manifest(train_recs + val_recs, run_dir / "split.csv")
     prep = Preprocessing(input_size=cfg.image_size)
-    mode = cache.resolve_mode(cfg.cache, len(records), prep.input_size, cfg.cache_budget_gb)
+    mode = cache.resolve_mode(cfg.cache, len(train_recs) + len(val_recs), prep.input_size,
+                              cfg.cache_budget_gb)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
     x_tr, y_tr, skipped = _decode(train_recs, prep, mode, cache_dir)
     x_va, y_va, skipped_va = _decode(val_recs, prep, mode, cache_dir)
