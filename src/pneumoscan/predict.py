@@ -50,21 +50,43 @@ def scaled_sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return torch.sigmoid(z / temperature).numpy().astype(np.float64)
 
 
+def head_output(raw: torch.Tensor) -> torch.Tensor:
+    """The model's (N, 1) or (N, K) output -> (N,) logits of a binary model, or (N, K)
+    logits of a K-class model (labels in checkpoint order)."""
+    return raw[:, 0] if raw.shape[1] == 1 else raw
+
+
+def class_probabilities(logits: np.ndarray, ckpt: checkpoint.Checkpoint) -> np.ndarray:
+    """(N,) binary or (N, K) class logits -> (N, K) probabilities (float64) in the order of
+    ckpt.labels: [1 - p, p] for a binary model, softmax(logits / T) for a K-class one. What
+    ensembles and test-time augmentation average."""
+    t = float(ckpt.extra.get("temperature", 1.0))
+    if logits.ndim == 1:
+        p = scaled_sigmoid(logits, t)
+        return np.stack([1.0 - p, p], axis=1)
+    z = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    return torch.softmax(z / t, dim=1).numpy().astype(np.float64)
+
+
 def probabilities_from_logits(logits: np.ndarray, ckpt: checkpoint.Checkpoint) -> np.ndarray:
-    """(N,) logits -> (N,) pneumonia probabilities (float64); the one place every runtime
-    (torch, ONNX) turns a logit into the probability compared with the stored threshold.
+    """(N,) or (N, K) logits -> (N,) pneumonia probabilities (float64); the one place every
+    runtime (torch, ONNX) turns logits into the probability compared with the stored
+    threshold: sigmoid(logit / T) for a binary model, 1 - P(NORMAL) for a K-class one.
     The temperature was fitted on val (calibrate); the stored threshold is in its scale."""
-    return scaled_sigmoid(logits, float(ckpt.extra.get("temperature", 1.0)))
+    if logits.ndim == 1:
+        return scaled_sigmoid(logits, float(ckpt.extra.get("temperature", 1.0)))
+    return 1.0 - class_probabilities(logits, ckpt)[:, ckpt.labels.index("NORMAL")]
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
                    batch_size: int = 32) -> np.ndarray:
-    """(N, S, S) uint8 gray images -> (N,) float32 pneumonia logits."""
+    """(N, S, S) uint8 gray images -> (N,) float32 pneumonia logits of a binary model, or
+    (N, K) class logits of a K-class model."""
     model.eval()
-    logits = [model(to_model_input(torch.from_numpy(images[i:i + batch_size]).unsqueeze(1),
-                                   ckpt.preprocessing)).float()[:, 0].numpy()
-              for i in range(0, len(images), batch_size)]
+    logits = [head_output(model(to_model_input(torch.from_numpy(images[i:i + batch_size])
+                                               .unsqueeze(1), ckpt.preprocessing)).float())
+              .numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(logits) if logits else np.zeros(0, dtype=np.float32)
 
 
