@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Record
+from .data import LABELS, Record, class_index
 from .transforms import load_many
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ def cache_key(records: list[Record], size: int, interpolation: str) -> str:
 
 
 def decode(records: list[Record], size: int, interpolation: str, mode: str,
-           cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(images (N_ok, S, S) uint8, targets (N_ok,) float32, skipped messages).
+           cache_dir: Path, labels=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images (N_ok, S, S) uint8, targets (N_ok,) float32, skipped messages); with `labels`
+    of a K-class task the targets are (N_ok,) int64 class indices among them.
 
     mode 'disk' returns a read-only-on-disk np.memmap (copy-on-write in this process)."""
     if mode == "disk":
@@ -57,7 +58,10 @@ def decode(records: list[Record], size: int, interpolation: str, mode: str,
         images, ok, errors = _memory(records, size, interpolation)
     for message in errors:
         log.warning("skipping unreadable training image: %s", message)
-    targets = np.array([records[i].target for i in ok], dtype=np.float32)
+    if labels is None or tuple(labels) == LABELS:
+        targets = np.array([records[i].target for i in ok], dtype=np.float32)
+    else:
+        targets = np.array([class_index(records[i], labels) for i in ok], dtype=np.int64)
     return images, targets, errors
 
 

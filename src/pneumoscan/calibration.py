@@ -15,15 +15,18 @@ from torch import nn
 
 from . import checkpoint
 from .config import config_from_dict
-from .data import scan, select
+from .data import class_index, scan, select
 from .metrics import (
     binary_metrics,
     expected_calibration_error,
     fit_temperature,
+    fit_temperature_multiclass,
     map_threshold,
+    multiclass_metrics,
     sigmoid,
+    threshold_for_sensitivity,
 )
-from .predict import predict_logits
+from .predict import class_probabilities, predict_logits, probabilities_from_logits
 from .predict import scaled_sigmoid as probabilities
 from .transforms import load_many
 
@@ -38,7 +41,7 @@ def score_records(model: nn.Module, ckpt: checkpoint.Checkpoint, records: list):
     images, ok, errors = load_many([r.path for r in records], prep.input_size,
                                    prep.interpolation)
     kept = [records[i] for i in ok]
-    targets = np.array([r.target for r in kept], dtype=int)
+    targets = np.array([class_index(r, ckpt.labels) for r in kept], dtype=int)
     return kept, targets, predict_logits(model, ckpt, images), list(errors.values())
 
 
@@ -47,7 +50,10 @@ def calibrate_checkpoint(ckpt: checkpoint.Checkpoint, y_val: np.ndarray,
     """Fit T on validation logits, store it and the mapped threshold in `ckpt` (in place).
 
     Returns a summary: temperature, thresholds before/after, val ECE before/after.
+    y_val (N,) class indices; z_val (N,) binary or (N, K) class logits.
     """
+    if np.ndim(z_val) == 2:
+        return _calibrate_multiclass(ckpt, y_val, z_val)
     old_t, old_thr = temperature_of(ckpt), ckpt.threshold
     p_old = probabilities(z_val, old_t)
     new_t = fit_temperature(y_val, z_val)
@@ -69,6 +75,36 @@ def calibrate_checkpoint(ckpt: checkpoint.Checkpoint, y_val: np.ndarray,
                "previous_threshold": old_thr, "fitted_on": "val", "n_val": int(len(y_val)),
                "val_ece_before": expected_calibration_error(y_val, sigmoid(z_val)),
                "val_ece_after": expected_calibration_error(y_val, p_new)}
+    ckpt.extra["calibration"] = {k: v for k, v in summary.items()
+                                 if k not in ("temperature", "threshold")}
+    return summary
+
+
+def _calibrate_multiclass(ckpt: checkpoint.Checkpoint, y_val: np.ndarray,
+                          z_val: np.ndarray) -> dict:
+    """K classes: T of softmax(logits / T), then the threshold chosen again on the calibrated
+    pneumonia probability 1 - P(NORMAL) by the training rule. Unlike the binary case T can
+    reorder that probability across images, so the old threshold cannot be mapped."""
+    old_t, old_thr = temperature_of(ckpt), ckpt.threshold
+    normal = ckpt.labels.index("NORMAL")
+    y_sick = (np.asarray(y_val) != normal).astype(int)
+    p_raw = 1.0 - class_probabilities(z_val, checkpoint.Checkpoint(
+        ckpt.model_name, ckpt.labels, ckpt.preprocessing, 0.5))[:, normal]  # T = 1
+    new_t = fit_temperature_multiclass(y_val, z_val)
+    ckpt.extra["temperature"] = new_t
+    p_new = probabilities_from_logits(z_val, ckpt)
+    target = float(ckpt.config.get("target_sensitivity", 0.98))
+    thr = threshold_for_sensitivity(y_sick, p_new, target)
+    multi = multiclass_metrics(y_val, class_probabilities(z_val, ckpt), ckpt.labels)
+    ckpt.threshold = thr
+    ckpt.val_metrics = {**binary_metrics(y_sick, p_new, thr),
+                        **{k: multi[k] for k in ("class_accuracy", "macro_auroc",
+                                                 "bacterial_vs_viral_accuracy")}}
+    summary = {"temperature": new_t, "previous_temperature": old_t, "threshold": thr,
+               "previous_threshold": old_thr, "fitted_on": "val", "n_val": int(len(y_val)),
+               "threshold_rechosen": f"val sensitivity >= {target}",
+               "val_ece_before": expected_calibration_error(y_sick, p_raw),
+               "val_ece_after": expected_calibration_error(y_sick, p_new)}
     ckpt.extra["calibration"] = {k: v for k, v in summary.items()
                                  if k not in ("temperature", "threshold")}
     return summary

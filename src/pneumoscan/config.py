@@ -13,6 +13,7 @@ import yaml
 class TrainConfig:
     # Each key is documented in configs/default.yaml (a test keeps the two equal).
     model: str = "efficientnet-lite0"
+    task: str = "binary"
     pretrained: bool = True
     image_size: int = 224
     val_fraction: float = 0.1
@@ -50,6 +51,9 @@ class TrainConfig:
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
+
+
+TASKS = ("binary", "etiology")  # data.task_labels gives each one's label names
 
 
 def _coerce(key: str, value, kind: type):
@@ -98,6 +102,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         values[k.strip()] = v.strip()
     known = _check_keys(values)
     typed = {k: _coerce(k, v, known[k]) for k, v in values.items()}
+    if typed.get("task", "binary") not in TASKS:
+        raise ConfigError(f"config key 'task' is one of {', '.join(TASKS)}, got {typed['task']!r}")
     return replace(TrainConfig(), **typed)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 LABELS = ("NORMAL", "PNEUMONIA")
+ETIOLOGY_LABELS = ("NORMAL", "BACTERIAL", "VIRAL")  # task=etiology; from Record.etiology
+_ETIOLOGY_CLASS = {"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"}
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
 SPLIT_DIRS = {"train": "train", "val": "val-official", "test": "test"}
 
@@ -46,6 +48,24 @@ class Record:
     @property
     def target(self) -> int:
         return LABELS.index(self.label)
+
+
+def task_labels(task: str) -> tuple[str, ...]:
+    """The class names a model of `task` (config key) predicts, in logit order."""
+    if task not in ("binary", "etiology"):
+        raise ValueError(f"unknown task '{task}': choose binary or etiology")
+    return LABELS if task == "binary" else ETIOLOGY_LABELS
+
+
+def class_index(record: Record, labels) -> int:
+    """The record's class index among `labels` (LABELS or ETIOLOGY_LABELS)."""
+    if tuple(labels) == LABELS:
+        return record.target
+    name = _ETIOLOGY_CLASS.get(record.etiology)
+    if name is None or name not in labels:
+        raise ValueError(f"{record.path}: no etiology in its file name (a three-class model "
+                         f"needs personN_bacteria_* or personN_virus_* pneumonia images)")
+    return list(labels).index(name)
 
 
 def parse_name(name: str, label: str) -> tuple[str, str]:

@@ -252,3 +252,64 @@ def mean_std(rows: list[dict], keys: tuple[str, ...] = HEADLINE_KEYS) -> dict:
         out[key] = {"mean": float(np.mean(v)),
                     "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
     return out
+
+
+def macro_auroc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean one-vs-rest AUROC over the classes; y_true (N,) class indices, probs (N, K).
+    A class absent from y_true (or the only one present) is left out; NaN if none is defined."""
+    per_class = [auroc(np.asarray(y_true) == k, probs[:, k]) for k in range(probs.shape[1])]
+    defined = [a for a in per_class if not np.isnan(a)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, labels, negative: str = "NORMAL"
+                       ) -> dict:
+    """Argmax metrics of a K-class model: accuracy, per-class recall / precision / AUROC,
+    the confusion matrix (rows true, columns predicted, in `labels` order), and the accuracy
+    among the true non-`negative` images of the argmax over the non-`negative` classes
+    (bacterial_vs_viral_accuracy for the etiology labels).
+
+    Args:
+        y_true: (N,) int class indices into `labels`.
+        probs: (N, K) class probabilities in `labels` order.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    labels = list(labels)
+    k = len(labels)
+    pred = probs.argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (y_true, pred), 1)
+
+    def ratio(a, b):
+        return float(a / b) if b else float("nan")
+
+    per_class = {name: {"n": int(confusion[i].sum()),
+                        "recall": ratio(confusion[i, i], confusion[i].sum()),
+                        "precision": ratio(confusion[i, i], confusion[:, i].sum()),
+                        "auroc": auroc(y_true == i, probs[:, i])}
+                 for i, name in enumerate(labels)}
+    neg = labels.index(negative)
+    sub = [i for i in range(k) if i != neg]
+    sick = y_true != neg
+    sub_pred = np.asarray(sub)[probs[sick][:, sub].argmax(axis=1)] if sick.any() else []
+    return {"n": int(len(y_true)), "class_accuracy": ratio((pred == y_true).sum(), len(y_true)),
+            "macro_auroc": macro_auroc(y_true, probs), "per_class": per_class,
+            "confusion": confusion.tolist(), "confusion_labels": labels,
+            "bacterial_vs_viral_accuracy": ratio((sub_pred == y_true[sick]).sum(), sick.sum())}
+
+
+def fit_temperature_multiclass(y_true: np.ndarray, logits: np.ndarray) -> float:
+    """The single temperature T > 0 minimising the NLL of softmax(logits / T); y_true (N,)
+    class indices, logits (N, K). Same bounded search as fit_temperature; validation only."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    y = np.asarray(y_true, dtype=int)
+    z = np.asarray(logits, dtype=np.float64)
+
+    def nll(log_t: float) -> float:
+        return float(-np.mean(log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y]))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                          options={"xatol": 1e-6})
+    return float(np.exp(res.x))

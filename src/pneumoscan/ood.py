@@ -43,14 +43,17 @@ def pooled_features(model: nn.Module, model_name: str):
 @torch.inference_mode()
 def logits_and_features(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
                         batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S) uint8 -> (N,) float32 logits and (N, C) float32 penultimate features."""
+    """(N, S, S) uint8 -> (N,) binary or (N, K) class float32 logits and (N, C) float32
+    penultimate features."""
+    from .predict import head_output  # predict imports this module
+
     model.eval()
     logits = []
     with pooled_features(model, ckpt.model_name) as feats:
         for i in range(0, len(images), batch_size):
             x = to_model_input(torch.from_numpy(images[i:i + batch_size]).unsqueeze(1),
                                ckpt.preprocessing)
-            logits.append(model(x).float()[:, 0].numpy())
+            logits.append(head_output(model(x).float()).numpy())
     if not logits:
         return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
     return np.concatenate(logits), torch.cat(feats).numpy()

@@ -20,11 +20,19 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__, cache, checkpoint, resume
 from .calibration import calibrate_checkpoint
 from .config import TrainConfig
-from .data import LABELS, Record, load_records, split_train_val, write_manifest
-from .metrics import auroc, binary_metrics, threshold_for_sensitivity
+from .data import (
+    LABELS,
+    Record,
+    class_index,
+    load_records,
+    split_train_val,
+    task_labels,
+    write_manifest,
+)
+from .metrics import auroc, binary_metrics, macro_auroc, threshold_for_sensitivity
 from .models import create_model
 from .ood import fit_gate
-from .predict import predict_arrays, predict_logits
+from .predict import head_output, predict_arrays, predict_logits
 from .transforms import Preprocessing, to_model_input, train_augmentation
 
 log = logging.getLogger(__name__)
@@ -53,29 +61,37 @@ class ImageSet(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         # The index lets DDP drop the copies DistributedSampler pads the last batch with.
-        return x, torch.tensor(self.targets[i], dtype=torch.float32), i
+        # Targets: float32 0/1 (binary), int64 class indices (K classes), as decoded.
+        return x, torch.tensor(self.targets[i]), i
 
 
 class LitClassifier(L.LightningModule):
-    """Thin training wrapper around a plain nn.Module; inputs are uint8 gray batches."""
+    """Thin training wrapper around a plain nn.Module; inputs are uint8 gray batches.
+    A binary model (one logit) trains on pos-weighted BCE; a K-class one (class_weights
+    given) on class-weighted cross-entropy."""
 
     def __init__(self, model: nn.Module, prep: Preprocessing, cfg: TrainConfig,
-                 pos_weight: float, steps_per_epoch: int):
+                 pos_weight: float, steps_per_epoch: int,
+                 class_weights: torch.Tensor | None = None):
         super().__init__()
         self.model, self.prep, self.cfg = model, prep, cfg
         self.steps_per_epoch = steps_per_epoch
-        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        self.multiclass = class_weights is not None
+        self.loss_fn = (nn.CrossEntropyLoss(weight=class_weights) if self.multiclass
+                        else nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight)))
         self.history: list[dict] = []
         self._outs: dict[str, list] = {"train": [], "val": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(to_model_input(x, self.prep))[:, 0]
+        return head_output(self.model(to_model_input(x, self.prep)))
 
     def _step(self, batch, stage: str):
         x, y, idx = batch
         logits = self(x)
         loss = self.loss_fn(logits.float(), y)
-        self._outs[stage].append((torch.sigmoid(logits.detach().float()), y, loss.detach(), idx))
+        z = logits.detach().float()
+        p = torch.softmax(z, dim=1) if self.multiclass else torch.sigmoid(z)
+        self._outs[stage].append((p, y, loss.detach(), idx))
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -96,12 +112,19 @@ class LitClassifier(L.LightningModule):
         loss = torch.stack([o[2] for o in outs]).mean()
         idx = torch.cat([o[3] for o in outs])
         if self.trainer.world_size > 1:  # every rank sees the whole split's scores
-            p, y = self.all_gather(p).flatten(), self.all_gather(y).flatten()
+            p = self.all_gather(p).reshape(-1, *p.shape[1:])  # (N,) or (N, K)
+            y = self.all_gather(y).flatten()
             idx = self.all_gather(idx).flatten()
             loss = self.all_gather(loss).mean()
         p, y, idx = p.cpu().numpy(), y.cpu().numpy(), idx.cpu().numpy()
         _, first = np.unique(idx, return_index=True)  # each image once, padding dropped
         p, y = p[first], y[first]
+        if self.multiclass:  # {stage}_auroc (what selection monitors) is the macro AUROC
+            sick = 1.0 - p[:, 0]  # labels start with NORMAL
+            return {f"{stage}_loss": float(loss),
+                    f"{stage}_acc": float((p.argmax(axis=1) == y).mean()),
+                    f"{stage}_auroc": macro_auroc(y, p),
+                    f"{stage}_pneumonia_auroc": auroc(y != 0, sick), f"{stage}_n": len(p)}
         return {f"{stage}_loss": float(loss), f"{stage}_acc": float(((p >= 0.5) == y).mean()),
                 f"{stage}_auroc": auroc(y, p), f"{stage}_n": len(p)}
 
@@ -159,9 +182,17 @@ def resolve_precision(setting: str) -> str:
     return "bf16-mixed" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "32-true"
 
 
-def _decode(records: list[Record], prep: Preprocessing, mode: str, cache_dir: Path):
+def _decode(records: list[Record], prep: Preprocessing, mode: str, cache_dir: Path,
+            labels=LABELS):
     """Decode each image once into the memory or disk cache; unreadable files are dropped."""
-    return cache.decode(records, prep.input_size, prep.interpolation, mode, cache_dir)
+    return cache.decode(records, prep.input_size, prep.interpolation, mode, cache_dir, labels)
+
+
+def class_weights(targets: np.ndarray, k: int) -> torch.Tensor:
+    """Inverse class frequency in the train split, normalised to mean 1 (an absent class
+    counts as one image)."""
+    inverse = 1.0 / np.maximum(np.bincount(targets, minlength=k), 1)
+    return torch.tensor(inverse / inverse.mean(), dtype=torch.float32)
 
 
 def _write_history(history: list[dict], run_dir: Path) -> None:
@@ -184,6 +215,8 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     With resume_run, continue the killed run in `run_dir` from its lightning/last.ckpt
     (weights, optimizer, scheduler, epoch, early stopping, RNG); `cfg` must be its config."""
     t0 = time.perf_counter()
+    labels = task_labels(cfg.task)
+    binary = labels == LABELS
     provenance = {"package_version": __version__, **checkpoint.git_state()}
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(run_dir or Path(cfg.out_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}")
@@ -194,6 +227,10 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
 
     train_recs, val_recs = split_train_val(load_records(data_dir), cfg.val_fraction, cfg.seed,
                                            cfg.limit_per_class)
+    # The split depends on the binary label only, so both tasks share the val patients.
+    if not binary:  # fail on a pneumonia image without etiology before decoding anything
+        for r in train_recs + val_recs:
+            class_index(r, labels)
     if resume_run:
         resume.check_same_split(run_dir, train_recs + val_recs)
     else:
@@ -202,8 +239,8 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     mode = cache.resolve_mode(cfg.cache, len(train_recs) + len(val_recs), prep.input_size,
                               cfg.cache_budget_gb)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
-    x_tr, y_tr, skipped = _decode(train_recs, prep, mode, cache_dir)
-    x_va, y_va, skipped_va = _decode(val_recs, prep, mode, cache_dir)
+    x_tr, y_tr, skipped = _decode(train_recs, prep, mode, cache_dir, labels)
+    x_va, y_va, skipped_va = _decode(val_recs, prep, mode, cache_dir, labels)
     skipped += skipped_va
     (run_dir / "skipped.txt").write_text("".join(s + "\n" for s in skipped), encoding="utf-8",
                                          errors="surrogateescape")  # names as on disk
@@ -218,12 +255,20 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     val_dl = DataLoader(ImageSet(x_va, y_va), batch_size=cfg.batch_size * 2,
                         num_workers=cfg.num_workers)
 
-    model = create_model(cfg.model, pretrained=cfg.pretrained, num_outputs=1)
+    num_outputs = 1 if binary else len(labels)
+    model = create_model(cfg.model, pretrained=cfg.pretrained, num_outputs=num_outputs)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    n_pos = float(y_tr.sum())
-    pos_weight = (len(y_tr) - n_pos) / max(n_pos, 1.0) if cfg.class_weighting else 1.0
-    lit = LitClassifier(model, prep, cfg, pos_weight, steps_per_epoch=len(train_dl))
+    if binary:
+        n_pos = float(y_tr.sum())
+        pos_weight = (len(y_tr) - n_pos) / max(n_pos, 1.0) if cfg.class_weighting else 1.0
+        lit = LitClassifier(model, prep, cfg, pos_weight, steps_per_epoch=len(train_dl))
+    else:
+        weights = (class_weights(y_tr, len(labels)) if cfg.class_weighting
+                   else torch.ones(len(labels)))
+        log.info("class weights %s", dict(zip(labels, weights.tolist())))
+        lit = LitClassifier(model, prep, cfg, 1.0, steps_per_epoch=len(train_dl),
+                            class_weights=weights)
 
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "lightning", filename="best", monitor="val_auroc", mode="max",
@@ -246,24 +291,27 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=True)
     state = {k.removeprefix("model."): v for k, v in best["state_dict"].items()
              if k.startswith("model.")}
-    final = create_model(cfg.model, pretrained=False, num_outputs=1)
+    final = create_model(cfg.model, pretrained=False, num_outputs=num_outputs)
     # Round to the stored dtype first so the threshold fits the weights that ship.
     final.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                            for k, v in state.items()})
     final = final.eval().to(memory_format=torch.channels_last)
-    ckpt = checkpoint.Checkpoint(cfg.model, list(LABELS), prep, 0.5, config=cfg.to_dict())
-    p_va = predict_arrays(final, ckpt, x_va)
-    threshold = threshold_for_sensitivity(y_va, p_va, cfg.target_sensitivity)
-    ckpt.threshold = threshold
-    ckpt.val_metrics = binary_metrics(y_va, p_va, threshold)
-    # Then a temperature on the same val logits; the threshold moves with it, labels do not.
+    ckpt = checkpoint.Checkpoint(cfg.model, list(labels), prep, 0.5, config=cfg.to_dict())
+    if binary:
+        p_va = predict_arrays(final, ckpt, x_va)
+        threshold = threshold_for_sensitivity(y_va, p_va, cfg.target_sensitivity)
+        ckpt.threshold = threshold
+        ckpt.val_metrics = binary_metrics(y_va, p_va, threshold)
+    # Then a temperature on the same val logits; the binary threshold moves with it, labels
+    # do not. K classes: the threshold on 1 - P(NORMAL) is chosen there, after T (same rule).
     calibrate_checkpoint(ckpt, y_va.astype(int), predict_logits(final, ckpt, x_va))
     best_epoch = int(best.get("epoch", -1))
     seconds = time.perf_counter() - t0
     ckpt.extra.update({**provenance, "best_epoch": best_epoch, "train_seconds": round(seconds, 1),
                        "n_train": int(len(x_tr)), "n_val": int(len(x_va)),
                        "threshold_rule": f"highest threshold with val sensitivity >= "
-                                         f"{cfg.target_sensitivity}",
+                                         f"{cfg.target_sensitivity}"
+                                         + ("" if binary else " on 1 - P(NORMAL)"),
                        "created": datetime.now().isoformat(timespec="seconds")})
     checkpoint.save(run_dir, final, ckpt, dtype=torch.float16)
     checkpoint.save_ood(run_dir, *fit_gate(final, ckpt, x_tr, x_va))  # same train/val split
