@@ -76,7 +76,7 @@ def test_predict_formats_and_exit_codes(tiny_run, small_data, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"threshold", "predictions"}
     assert set(out["predictions"][0]) == {"path", "probability", "label", "error", "ood",
-                                          "ood_score"}
+                                          "ood_score", "class_probabilities", "etiology"}
 
     bad = tmp_path / "bad.jpeg"
     bad.write_text("not an image")

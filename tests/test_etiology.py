@@ -10,11 +10,21 @@ import pytest
 import torch
 
 from pneumoscan import checkpoint
+from pneumoscan.cli import main
 from pneumoscan.config import ConfigError, load_config
 from pneumoscan.data import ETIOLOGY_LABELS, class_index, load_records, split_train_val
+from pneumoscan.evaluate import evaluate
 from pneumoscan.metrics import fit_temperature_multiclass, macro_auroc, multiclass_metrics
-from pneumoscan.predict import class_probabilities, predict_logits, probabilities_from_logits
+from pneumoscan.predict import (
+    Predictor,
+    class_probabilities,
+    predict_logits,
+    probabilities_from_logits,
+    scaled_sigmoid,
+)
 from pneumoscan.transforms import load_many
+
+from .conftest import EXAMPLES
 
 TINY = ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2", "precision=32-true"]
 
@@ -95,3 +105,73 @@ def test_multiclass_temperature_softens_overconfident_logits():
     z = rng.normal(size=(400, 3))
     z[np.arange(400), y] += 1.0
     assert fit_temperature_multiclass(y, z * 5) > fit_temperature_multiclass(y, z)
+
+
+def test_predict_gives_class_probabilities_etiology_and_the_binary_decision(small_data,
+                                                                            etiology_run):
+    paths = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
+    p = Predictor.from_checkpoint(etiology_run.dir)
+    results = p.predict(paths + [str(small_data / "missing.jpeg")], batch_size=5)
+    assert results[-1].error and results[-1].class_probabilities is None
+    for r in results[:-1]:
+        probs = r.class_probabilities
+        assert list(probs) == ["NORMAL", "BACTERIAL", "VIRAL"]
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+        assert r.probability == pytest.approx(1.0 - probs["NORMAL"], abs=1e-12)
+        assert r.label == ("PNEUMONIA" if r.probability >= p.threshold else "NORMAL")
+        assert r.etiology == max(("BACTERIAL", "VIRAL"), key=probs.get)
+        assert r.to_dict()["class_probabilities"] == probs
+
+
+def test_binary_predictions_are_unchanged():
+    paths = sorted(str(p) for p in EXAMPLES.rglob("*.jpeg"))[:6]
+    p = Predictor.from_checkpoint()
+    results = p.predict(paths)
+    images = load_many(paths, 224, p.ckpt.preprocessing.interpolation)[0]
+    expected = scaled_sigmoid(predict_logits(p.model, p.ckpt, images),
+                              p.ckpt.extra["temperature"])
+    assert [r.probability for r in results] == [float(x) for x in expected]  # bit-exact
+    for r in results:
+        assert r.label == ("PNEUMONIA" if r.probability >= p.threshold else "NORMAL")
+        assert r.class_probabilities == {"NORMAL": 1.0 - r.probability,
+                                         "PNEUMONIA": r.probability}
+        assert r.etiology is None
+
+
+def test_evaluate_reports_three_class_and_derived_binary_metrics(small_data, etiology_run,
+                                                                 loaded):
+    result = evaluate(etiology_run.dir, small_data, "test")
+    m = result["multiclass"]
+    confusion = np.array(m["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() == result["n"] == 12
+    assert m["class_accuracy"] == pytest.approx(np.trace(confusion) / 12)
+    for i, name in enumerate(ETIOLOGY_LABELS):
+        c = m["per_class"][name]
+        assert c["n"] == confusion[i].sum()
+        if c["n"]:
+            assert c["recall"] == pytest.approx(confusion[i, i] / confusion[i].sum())
+    assert 0.0 <= m["bacterial_vs_viral_accuracy"] <= 1.0
+    # the binary half is the pneumonia probability 1 - P(NORMAL) at the stored threshold
+    model, ckpt = loaded
+    assert result["threshold"] == ckpt.threshold
+    assert result["tp"] + result["fn"] == 6 and result["tn"] + result["fp"] == 6
+
+
+def test_cli_prints_etiology_columns_and_multiclass_metrics(small_data, etiology_run, capsys):
+    image = sorted((small_data / "test" / "PNEUMONIA").iterdir())[0]
+    assert main(["predict", str(image), "--model", str(etiology_run.dir)]) == 0
+    out = capsys.readouterr().out
+    assert "p_BACTERIAL" in out and "etiology" in out
+    assert main(["predict", str(image), "--model", str(etiology_run.dir), "--format",
+                 "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == ("path,probability,label,p_NORMAL,p_BACTERIAL,p_VIRAL,etiology,error,ood,"
+                      "ood_score")
+    assert main(["evaluate", "--model", str(etiology_run.dir), "--data", str(small_data),
+                 "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "bacterial vs viral accuracy" in out and "confusion" in out
+    assert main(["evaluate", "--model", str(etiology_run.dir), "--data", str(small_data),
+                 "--split", "test", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["multiclass"]["confusion_labels"] == [
+        "NORMAL", "BACTERIAL", "VIRAL"]

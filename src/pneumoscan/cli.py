@@ -170,6 +170,10 @@ def cmd_train(args) -> int:
         print(f"run folder: {run.dir}\nbest epoch {run.best_epoch + 1}, {run.seconds:.0f} s; "
               f"val AUROC {m['auroc']:.4f}, threshold {m['threshold']:.4f} "
               f"(sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f})")
+        if "class_accuracy" in m:
+            print(f"val 3-class accuracy {m['class_accuracy']:.4f}, macro AUROC "
+                  f"{m['macro_auroc']:.4f}, bacterial vs viral "
+                  f"{m['bacterial_vs_viral_accuracy']:.4f}")
     if run.skipped:
         print(f"{len(run.skipped)} unreadable images skipped, listed in {run.dir}/skipped.txt")
     return 0
@@ -204,9 +208,28 @@ def cmd_evaluate(args) -> int:
                 "threshold", "tp", "fp", "tn", "fn"]
         print(f"split {args.split} of {_data_dir(args)}; model {result['model']}")
         print(_table([{"metric": k, "value": result[k]} for k in keys], ["metric", "value"]))
+        if "multiclass" in result:
+            _print_multiclass(result)
         for s in result["skipped"]:
             print(f"skipped: {s}", file=sys.stderr)
     return SOME_FAILED if result["skipped"] else 0
+
+
+def _print_multiclass(result: dict) -> None:
+    m = result["multiclass"]
+    if m is None:
+        print(f"\n{len(result['labels'])}-class metrics unavailable: "
+              f"{result['multiclass_unavailable']}")
+        return
+    print(f"\n{len(m['confusion_labels'])}-class (argmax): accuracy {_fmt(m['class_accuracy'])}, "
+          f"macro AUROC {_fmt(m['macro_auroc'])}, bacterial vs viral accuracy "
+          f"{_fmt(m['bacterial_vs_viral_accuracy'])}")
+    print(_table([{"class": k, **v} for k, v in m["per_class"].items()],
+                 ["class", "n", "recall", "precision", "auroc"]))
+    names = m["confusion_labels"]
+    print("confusion (rows true, columns predicted)")
+    print(_table([{"true": t, **dict(zip(names, row))} for t, row in zip(names, m["confusion"])],
+                 ["true", *names]))
 
 
 def _evaluate_report(args, models: list) -> int:
@@ -284,16 +307,22 @@ def cmd_predict(args) -> int:
                                               allow_pickle=args.allow_pickle)
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error", "ood", "ood_score"]
+    flat = rows
+    if len(predictor.ckpt.labels) > 2:  # a K-class model: each class's probability, etiology
+        names = [f"p_{name}" for name in predictor.ckpt.labels]
+        columns[3:3] = [*names, "etiology"]
+        flat = [{**r, **dict(zip(names, (r["class_probabilities"] or {}).values()))}
+                for r in rows]
     if args.format == "json":
         print(json.dumps({"threshold": predictor.threshold, "predictions": rows}, indent=2))
     elif args.format == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(flat)
         print(buf.getvalue(), end="")
     else:
-        print(_table(rows, columns))
+        print(_table(flat, columns))
         print(f"threshold {predictor.threshold:.4f}; research use only, not a diagnosis")
     for r in rows:
         if r["error"]:

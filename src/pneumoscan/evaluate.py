@@ -8,9 +8,9 @@ import torch
 
 from . import checkpoint
 from .config import config_from_dict
-from .data import DatasetNotFound, load_records, select
-from .metrics import headline_metrics
-from .predict import predict_arrays
+from .data import DatasetNotFound, class_index, load_records, select
+from .metrics import headline_metrics, multiclass_metrics
+from .predict import class_probabilities, predict_logits, probabilities_from_logits
 from .transforms import load_many
 
 
@@ -19,7 +19,9 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     """Score every image of `split` and compute metrics at the checkpoint's threshold.
 
     The carved `val` split is rebuilt from the seed and fraction stored in the checkpoint.
-    Unreadable images are listed under `skipped`, not scored.
+    Unreadable images are listed under `skipped`, not scored. A K-class (etiology) model
+    reports the binary metrics of its pneumonia probability 1 - P(NORMAL) exactly as a
+    binary model does, plus `multiclass` (metrics.multiclass_metrics on the argmax).
     """
     all_records = load_records(data_dir)  # a missing dataset is reported before the model loads
     model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)
@@ -32,8 +34,19 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     images, ok, errors = load_many([r.path for r in records], prep.input_size,
                                    prep.interpolation)
     targets = [records[i].target for i in ok]
-    probs = predict_arrays(model, ckpt, images)
+    logits = predict_logits(model, ckpt, images)
+    probs = probabilities_from_logits(logits, ckpt)
     result = headline_metrics(targets, probs, ckpt.threshold)
     result.update({"split": split, "model": ckpt.extra.get("path"),
                    "skipped": list(errors.values())})
+    if len(ckpt.labels) > 2:
+        result["labels"] = ckpt.labels
+        try:
+            classes = [class_index(records[i], ckpt.labels) for i in ok]
+        except ValueError as e:  # e.g. a user's folder whose names carry no etiology
+            result["multiclass"] = None
+            result["multiclass_unavailable"] = str(e)
+        else:
+            result["multiclass"] = multiclass_metrics(
+                classes, class_probabilities(logits, ckpt), ckpt.labels)
     return result

@@ -12,7 +12,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError
 from .export import LOGIT, onnx_logits, read_metadata
-from .predict import Predictor, probabilities_from_logits
+from .predict import Predictor
 
 
 class OnnxPredictor(Predictor):
@@ -46,6 +46,5 @@ class OnnxPredictor(Predictor):
         ckpt.extra["path"] = str(path)
         return cls(session, ckpt)
 
-    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        logits = onnx_logits(None, images, batch_size, session=self.session)
-        return probabilities_from_logits(logits, self.ckpt)
+    def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        return onnx_logits(None, images, batch_size, session=self.session)

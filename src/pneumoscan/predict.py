@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import checkpoint, ood
-from .data import is_image_file
+from .data import LABELS, is_image_file
 from .transforms import load_many, to_model_input
 
 
@@ -23,10 +23,16 @@ class Prediction:
     error: str | None = None
     ood: bool | None = None  # None: no score, or a checkpoint without an OOD gate
     ood_score: float | None = None
+    # Every class of the checkpoint (binary: NORMAL, PNEUMONIA), from class_probabilities.
+    class_probabilities: dict[str, float] | None = None
+    # K-class models: the likelier non-NORMAL class (what kind, should it be pneumonia);
+    # the decision is still `label`. None for a binary model.
+    etiology: str | None = None
 
     def to_dict(self) -> dict:
         return {"path": self.path, "probability": self.probability, "label": self.label,
-                "error": self.error, "ood": self.ood, "ood_score": self.ood_score}
+                "error": self.error, "ood": self.ood, "ood_score": self.ood_score,
+                "class_probabilities": self.class_probabilities, "etiology": self.etiology}
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
@@ -122,23 +128,50 @@ class Predictor:
         return self.ckpt.threshold
 
     def label_of(self, probability: float) -> str:
-        return self.ckpt.labels[int(probability >= self.threshold)]
+        """NORMAL / PNEUMONIA at the stored threshold (a K-class model's pneumonia
+        probability is 1 - P(NORMAL))."""
+        names = self.ckpt.labels if len(self.ckpt.labels) == 2 else LABELS
+        return names[int(probability >= self.threshold)]
+
+    def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(N, S, S) uint8 -> (N,) or (N, K) logits; runtimes other than torch override this."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return predict_logits(self.model, self.ckpt, images, batch_size)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(N, S, S) uint8 -> (N,) probabilities; runtimes other than torch override this."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return predict_arrays(self.model, self.ckpt, images, batch_size)
+        """(N, S, S) uint8 -> (N,) pneumonia probabilities."""
+        return probabilities_from_logits(self.logits(images, batch_size), self.ckpt)
 
-    def scores(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """(N, S, S) uint8 -> (N,) probabilities and (N,) OOD scores from the same forward
-        pass (NaN scores when the checkpoint has no gate or the runtime is not torch)."""
+    def logits_and_ood(self, images: np.ndarray,
+                       batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S) uint8 -> logits and (N,) OOD scores from the same forward pass (NaN
+        scores when the checkpoint has no gate or the runtime is not torch)."""
         if self.ckpt.ood_stats is None or self.model is None:
-            probs = self.probabilities(images, batch_size)
-            return probs, np.full(len(probs), np.nan)
+            logits = self.logits(images, batch_size)
+            return logits, np.full(len(logits), np.nan)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             logits, feats = ood.logits_and_features(self.model, self.ckpt, images, batch_size)
+        return logits, ood.scores(feats, self.ckpt.ood_stats)
+
+    def scores(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S) uint8 -> (N,) pneumonia probabilities and (N,) OOD scores."""
+        logits, ood_scores = self.logits_and_ood(images, batch_size)
+        return probabilities_from_logits(logits, self.ckpt), ood_scores
+
+    def class_scores(self, images: np.ndarray, batch_size: int = 32
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, S, S) uint8 -> (N,) pneumonia probabilities, (N, K) class probabilities in
+        ckpt.labels order and (N,) OOD scores, all from one forward pass."""
+        logits, ood_scores = self.logits_and_ood(images, batch_size)
         return (probabilities_from_logits(logits, self.ckpt),
-                ood.scores(feats, self.ckpt.ood_stats))
+                class_probabilities(logits, self.ckpt), ood_scores)
+
+    def etiology_of(self, class_probs: np.ndarray) -> str | None:
+        """The likelier non-NORMAL class of one image's (K,) probabilities; None if binary."""
+        if len(self.ckpt.labels) == 2:
+            return None
+        others = [i for i, name in enumerate(self.ckpt.labels) if name != "NORMAL"]
+        return self.ckpt.labels[max(others, key=lambda i: class_probs[i])]
 
     def predict(self, paths: list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per path, in order; an unreadable file gets `error` and no score."""
@@ -162,9 +195,11 @@ class Predictor:
                     is_dir = Path(chunk[j]).is_dir()
                     results[start + j].error = (f"{chunk[j]}: folder holds no image files"
                                                 if is_dir else message)
-                for j, prob, score in zip(ok, *self.scores(arr, batch_size)):
+                for j, prob, cls, score in zip(ok, *self.class_scores(arr, batch_size)):
                     r = results[start + j]
                     r.probability, r.label = float(prob), self.label_of(prob)
+                    r.class_probabilities = dict(zip(self.ckpt.labels, map(float, cls)))
+                    r.etiology = self.etiology_of(cls)
                     if not np.isnan(score):
                         r.ood_score, r.ood = float(score), ood.flag(score, self.ckpt)
         return results
