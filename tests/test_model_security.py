@@ -98,3 +98,15 @@ def test_pickle_without_its_json_and_corrupt_safetensors_are_clear_errors(tmp_pa
     (folder / checkpoint.WEIGHTS).write_bytes(data[: len(data) // 2])
     with pytest.raises(checkpoint.CheckpointError, match="unreadable weights"):
         checkpoint.load(folder)
+
+
+def test_shipped_models_are_selected_by_name_and_a_path_wins(tmp_path, monkeypatch):
+    assert checkpoint.resolve("default") == checkpoint.default_model_dir()
+    assert checkpoint.resolve(None) == checkpoint.default_model_dir()
+    # A folder called "default" in the working directory is a path, not the shipped model.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="not a pneumoscan model"):
+        checkpoint.resolve("default")
+    with pytest.raises(checkpoint.CheckpointError, match="no-such-model"):
+        checkpoint.resolve("no-such-model")

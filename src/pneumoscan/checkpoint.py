@@ -121,13 +121,22 @@ def save_ood(run_dir: str | Path, stats: dict, meta: dict) -> Path:
     return run_dir / OOD
 
 
+def shipped_models() -> dict[str, Path]:
+    """The models inside the package, by name: default (binary), etiology (three classes)."""
+    root = Path(str(resources.files("pneumoscan") / "weights"))
+    return {d.name: d for d in sorted(root.iterdir()) if (d / META).is_file()}
+
+
 def default_model_dir() -> Path:
-    return Path(str(resources.files("pneumoscan") / "weights" / "default"))
+    return shipped_models()["default"]
 
 
 def resolve(path: str | Path | None) -> Path:
-    """Run folder, model.json or model.safetensors -> the folder; None -> the shipped model."""
+    """Run folder, model.json or model.safetensors -> the folder; None -> the shipped model;
+    the name of a shipped model (`etiology`) that is not a path here -> that model."""
     p = default_model_dir() if path is None else Path(path)
+    if path is not None and not p.exists() and str(path) in shipped_models():
+        p = shipped_models()[str(path)]
     if p.is_file() and p.name in (WEIGHTS, META):
         p = p.parent
     if not (p / META).is_file() or not (p / WEIGHTS).is_file():
