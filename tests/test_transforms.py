@@ -92,3 +92,20 @@ def test_decodes_an_upload_held_in_memory_and_names_it(data_dir):
     assert np.array_equal(from_file, from_bytes)
     with pytest.raises(ImageError, match="^upload.jpeg: "):
         load_gray(io.BytesIO(b"garbage"), 64, name="upload.jpeg")
+
+
+def test_degrade_augmentation_blurs_and_recompresses_only_when_asked(data_dir):
+    from pneumoscan.transforms import train_augmentation
+
+    path = next((data_dir / "train" / "NORMAL").glob("*.jpeg"))
+    x = torch.from_numpy(load_gray(path, 224)).unsqueeze(0)
+    torch.manual_seed(0)
+    plain = train_augmentation(0, 0, 0, 0, 0, False, degrade=0.0)(x)
+    assert torch.equal(plain, x)  # every op at zero strength: the image is untouched
+    degraded = train_augmentation(0, 0, 0, 0, 0, False, degrade=1.0)(x)
+    assert degraded.shape == x.shape and degraded.dtype == torch.uint8
+
+    def sharpness(img):  # mean absolute horizontal gradient
+        return (img[..., 1:].float() - img[..., :-1].float()).abs().mean()
+
+    assert sharpness(degraded) < sharpness(x)

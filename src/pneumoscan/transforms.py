@@ -255,14 +255,20 @@ def to_model_input(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def train_augmentation(rotation: float, translate: float, zoom: float, brightness: float,
-                       contrast: float, hflip: bool):
+                       contrast: float, hflip: bool, degrade: float = 0.0):
     """Per-image augmentation on a uint8 (1, H, W) tensor, as the original project's Keras
-    ImageDataGenerator: small rotations, shifts, zoom, brightness/contrast."""
+    ImageDataGenerator: small rotations, shifts, zoom, brightness/contrast; with probability
+    `degrade`, a Gaussian blur then a JPEG re-compression. Sharpness and JPEG detail separate
+    the classes in train (pneumonia originals are smaller and blurrier) while test normals are
+    blurrier than train normals (docs/gap.md): degrading both classes alike removes the cue."""
     from torchvision.transforms import v2
 
     ops = [v2.RandomAffine(degrees=rotation, translate=(translate, translate),
                            scale=(1 - zoom, 1 + zoom)),
            v2.ColorJitter(brightness=brightness, contrast=contrast)]
+    if degrade > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel_size=7, sigma=(0.1, 1.5)),
+                                   v2.JPEG(quality=(30, 90))], p=degrade))
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     return v2.Compose(ops)
