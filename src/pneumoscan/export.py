@@ -105,15 +105,33 @@ def _set_metadata(path: Path, props: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def onnx_outputs(session, images: np.ndarray, batch_size: int = 32,
+                 features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, S, S) uint8 -> logits shaped as predict.head_output gives them ((N,) binary,
+    (N, K) K-class; float32) and, if asked, the (N, C) global average of the `features`
+    output (the penultimate features the OOD gate scores), else None."""
+    from .predict import head_output
+
+    names = [LOGIT, FEATURES] if features else [LOGIT]
+    logits, pooled = [], []
+    for i in range(0, len(images), batch_size):
+        out = session.run(names, {INPUT: images[i:i + batch_size, None]})
+        logits.append(head_output(out[0]))
+        if features:
+            pooled.append(out[1].mean(axis=(2, 3), dtype=np.float32))
+    if not logits:
+        return np.zeros(0, np.float32), (np.zeros((0, 0), np.float32) if features else None)
+    return (np.concatenate(logits).astype(np.float32),
+            np.concatenate(pooled) if features else None)
+
+
 def onnx_logits(path: str | Path, images: np.ndarray, batch_size: int = 32,
                 session=None) -> np.ndarray:
-    """(N, S, S) uint8 -> (N,) logits from an exported graph."""
+    """(N, S, S) uint8 -> (N,) or (N, K) logits from an exported graph."""
     import onnxruntime as ort
 
     sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = [sess.run([LOGIT], {INPUT: images[i:i + batch_size, None]})[0][:, 0]
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    return onnx_outputs(sess, images, batch_size)[0]
 
 
 @torch.inference_mode()
@@ -162,6 +180,23 @@ def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
         pre.unlink(missing_ok=True)
 
 
+def export_model(model: nn.Module, ckpt: checkpoint.Checkpoint, out: str | Path,
+                 parity_images: np.ndarray) -> dict:
+    """Write the fp32 graph of a loaded model to `out`, parity-checked on `parity_images`
+    (ExportError and no file if it differs from PyTorch by more than PARITY_TOLERANCE), with
+    the checkpoint contract as metadata. Returns {"fp32": {"path", parity figures}}."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _export_graph(model, ckpt, out)
+    check = parity(out, model, ckpt, parity_images)
+    if not check["max_abs_prob_diff"] <= PARITY_TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise ExportError(f"{out}: ONNX differs from PyTorch by {check['max_abs_prob_diff']:.2e}"
+                          f" in probability (tolerance {PARITY_TOLERANCE}); file removed")
+    _set_metadata(out, metadata(ckpt, model, {"dtype": "float32", "parity": check}))
+    return {"fp32": {"path": str(out), **check}}
+
+
 def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: np.ndarray,
                 calibration: np.ndarray | None = None) -> dict:
     """Export a checkpoint to ONNX (and INT8 if `calibration` images are given).
@@ -180,16 +215,8 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
         True
     """
     model, ckpt = checkpoint.load(model_path)
+    report = export_model(model, ckpt, out, parity_images)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _export_graph(model, ckpt, out)
-    check = parity(out, model, ckpt, parity_images)
-    if not check["max_abs_prob_diff"] <= PARITY_TOLERANCE:
-        out.unlink(missing_ok=True)
-        raise ExportError(f"{out}: ONNX differs from PyTorch by {check['max_abs_prob_diff']:.2e}"
-                          f" in probability (tolerance {PARITY_TOLERANCE}); file removed")
-    report = {"fp32": {"path": str(out), **check}}
-    _set_metadata(out, metadata(ckpt, model, {"dtype": "float32", "parity": check}))
     if calibration is not None:
         int8 = out.with_name(out.stem + ".int8.onnx")
         quantize_int8(out, int8, calibration)
