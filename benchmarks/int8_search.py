@@ -8,7 +8,7 @@ patient-grouped val split (the split the threshold was chosen on) and print one 
 val AUROC of fp32 and INT8, label flips vs fp32 at the stored threshold, max |dp|, mean
 |d logit|, and model-only batch-32 images/s of fp32 and INT8 measured side by side. Calibration
 images come from the carved train split (or val, where the name says so). `--test CONFIG`
-scores the test split once, for the configuration chosen on val.
+scores the test split once, for the configuration chosen on val, from its file in --work.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ CONFIGS = {
     "percentile-pc-train400-skip-ends-dw": (PERCENTILE, True, "qdq", ("ends", "dw"), "train",
                                             400),
     "minmax-pc-train400-qoperator": (MINMAX, True, "qop", (), "train", 400),
+    "minmax-pc-val400-float-pads": (MINMAX, True, "qdq", ("pads",), "val", 400),
+    "minmax-pc-train400-float-pads": (MINMAX, True, "qdq", ("pads",), "train", 400),
+    "percentile-pc-val400-float-pads": (PERCENTILE, True, "qdq", ("pads",), "val", 400),
+    "minmax-pc-val400-float-pads-skip-ends": (MINMAX, True, "qdq", ("pads", "ends"), "val",
+                                              400),
 }
 CHUNK = 50  # calibration images per collection pass: bounds the calibrator's memory
 
@@ -78,10 +83,15 @@ class Reader:
 
 
 def excluded_nodes(path: Path, groups: tuple[str, ...]) -> list[str]:
-    """'ends': the first conv, the head conv and the classifier; 'dw': depthwise convs."""
+    """'ends': the first conv, the head conv and the classifier; 'dw': depthwise convs;
+    'pads': the arithmetic that computes TF-'same' padding from the input shape (timm's
+    Conv2dSame traces it into the graph; quantized, it computes wrong pad sizes)."""
     nodes = onnx.load(str(path)).graph.node
     convs = [n for n in nodes if n.op_type == "Conv"]
     out = []
+    if "pads" in groups:
+        out += [n.name for n in nodes if n.op_type not in ("Conv", "Pad")
+                and ("/conv_stem/" in n.name or "/conv_dw/" in n.name)]
     if "ends" in groups:
         out += [convs[0].name, convs[-1].name] + [n.name for n in nodes if n.op_type == "Gemm"]
     if "dw" in groups:
@@ -137,39 +147,48 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--test", default=None, help="score the test split for this config")
+    ap.add_argument("--test", default=None,
+                    help="score the test split with this config's file kept in --work")
+    ap.add_argument("--work", default=None, help="folder for the fp32 and INT8 files (kept)")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args()
     model, ckpt = checkpoint.load(args.model)
     cfg = config_from_dict(ckpt.config)
     records = scan(default_data_dir())
+    work = Path(args.work or tempfile.mkdtemp(prefix="int8-search-"))
+    work.mkdir(parents=True, exist_ok=True)
+    fp32, pre = work / "fp32.onnx", work / "pre.onnx"
+    if args.test:  # the chosen configuration, already quantized: test is scored once
+        test, y_test = decode(select(records, "test", cfg.val_fraction, cfg.seed), ckpt)
+        int8 = work / f"{args.test}.onnx"
+        row = {"config": args.test, "test": figures(ckpt, y_test, onnx_logits(fp32, test),
+                                                    onnx_logits(int8, test))}
+        return emit(row, args.out)
     split = {s: select(records, s, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
              for s in ("train", "val")}
     val, y_val = decode(split["val"], ckpt)
-    tmp = Path(tempfile.mkdtemp(prefix="int8-search-"))
-    fp32, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
-    export_model(model, ckpt, fp32, val[:64])
-    quant_pre_process(str(fp32), str(pre))
+    if not pre.is_file():
+        export_model(model, ckpt, fp32, val[:64])
+        quant_pre_process(str(fp32), str(pre))
     ref_val = onnx_logits(fp32, val)
-    names = [args.test] if args.test else args.configs.split(",")
-    for name in names:
+    for name in args.configs.split(","):
         config = CONFIGS[name]
         calibration = decode(split[config[4]], ckpt, config[5])[0]
-        out = tmp / "int8.onnx"
+        out = work / f"{name}.onnx"
         t = time.perf_counter()
         quantize(pre, out, config, calibration)
-        row = {"config": name, "quantize_s": round(time.perf_counter() - t, 1),
-               "val": figures(ckpt, y_val, ref_val, onnx_logits(out, val)),
-               "batch32_img_s_fp32": round(model_speed(fp32, val), 1),
-               "batch32_img_s_int8": round(model_speed(out, val), 1)}
-        if args.test:
-            test, y_test = decode(select(records, "test", cfg.val_fraction, cfg.seed), ckpt)
-            row["test"] = figures(ckpt, y_test, onnx_logits(fp32, test), onnx_logits(out, test))
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit({"config": name, "quantize_s": round(time.perf_counter() - t, 1),
+              "val": figures(ckpt, y_val, ref_val, onnx_logits(out, val)),
+              "batch32_img_s_fp32": round(model_speed(fp32, val), 1),
+              "batch32_img_s_int8": round(model_speed(out, val), 1)}, args.out)
+
+
+def emit(row: dict, out: str | None) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":
