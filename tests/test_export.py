@@ -15,6 +15,7 @@ from pneumoscan.export import (
     export_onnx,
     onnx_outputs,
     read_metadata,
+    shape_arithmetic,
 )
 from pneumoscan.onnx_predict import OnnxPredictor
 from pneumoscan.predict import Predictor
@@ -37,6 +38,14 @@ def test_export_parity_outputs_and_contract(exported, tiny_run):
     out, report, arr = exported
     assert report["fp32"]["max_abs_prob_diff"] <= 1e-3
     assert report["int8"]["n_calibration"] == len(arr) - 16
+    # The padding arithmetic of TF-'same' convs stays float in INT8: quantized, it computed
+    # wrong pad sizes (shifted feature maps; 15 flipped test labels before this was found).
+    int8 = onnx.load(report["int8"]["path"]).graph.node
+    kinds = {n.name: n.op_type for n in int8}
+    traced = shape_arithmetic(report["int8"]["path"])
+    # (A DequantizeLinear may appear: a Clip's 0 constant shared with a quantized ReLU6, exact
+    # in 8 bits. A QuantizeLinear would mean pad arithmetic rounded to 8 bits, the old bug.)
+    assert traced and "QuantizeLinear" not in {kinds[n] for n in traced}
     _, ckpt = checkpoint.load(tiny_run.dir)
     meta = read_metadata(out)
     assert meta["threshold"] == ckpt.threshold and meta["labels"] == ckpt.labels

@@ -164,8 +164,29 @@ class _Calibration:
         self.i = 0
 
 
+def shape_arithmetic(path: Path) -> list[str]:
+    """Names of the nodes that compute Pad sizes from the input's shape: timm's TF-'same'
+    convolutions trace their padding into the graph as Shape -> Div/Sub/Mul/Ceil... -> Pad.
+    Quantized, that arithmetic yields wrong pad sizes (shifted feature maps): it must stay
+    float. Traced back from every Pad's size inputs, stopping at Shape nodes."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    producer = {o: n for n in nodes for o in n.output}
+    found, stack = {}, [t for n in nodes if n.op_type == "Pad" for t in n.input[1:]]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in found:
+            continue
+        found[node.name] = node
+        if node.op_type != "Shape":
+            stack.extend(node.input)
+    return list(found)
+
+
 def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
-    """Static INT8 (QDQ, per-channel weights) calibrated on `calibration` uint8 images."""
+    """Static INT8 (QDQ, per-channel weights, MinMax) calibrated on `calibration` uint8
+    images, with the padding arithmetic left in float (see shape_arithmetic)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -175,7 +196,8 @@ def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
         quantize_static(str(pre), str(out), _Calibration(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=shape_arithmetic(pre))
     finally:
         pre.unlink(missing_ok=True)
 
@@ -221,8 +243,8 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
         int8 = out.with_name(out.stem + ".int8.onnx")
         quantize_int8(out, int8, calibration)
         check8 = parity(int8, model, ckpt, parity_images)
-        extra = {"dtype": "int8 static QDQ", "n_calibration": int(len(calibration)),
-                 "parity": check8}
+        extra = {"dtype": "int8 static QDQ, padding arithmetic in float",
+                 "n_calibration": int(len(calibration)), "parity": check8}
         _set_metadata(int8, metadata(ckpt, model, extra))
         report["int8"] = {"path": str(int8), "n_calibration": int(len(calibration)), **check8}
     return report
