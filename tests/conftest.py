@@ -16,6 +16,15 @@ def _data_root() -> Path:
     return Path(os.environ.get("PNEUMOSCAN_DATA") or REPO / "data" / "chest_xray")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """`pneumoscan predict` caches ONNX exports: tests use their own folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("onnx-cache")
+        mp.setenv("PNEUMOSCAN_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     root = _data_root()

@@ -4,12 +4,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from pneumoscan import checkpoint
 from pneumoscan.cli import main
-from pneumoscan.export import FEATURES, LOGIT, export_onnx, read_metadata
+from pneumoscan.export import (
+    FEATURES,
+    LOGIT,
+    export_model,
+    export_onnx,
+    onnx_outputs,
+    read_metadata,
+    shape_arithmetic,
+)
 from pneumoscan.onnx_predict import OnnxPredictor
 from pneumoscan.predict import Predictor
+from pneumoscan.runtime import make_predictor
 from pneumoscan.transforms import load_many
 
 from .conftest import EXAMPLES
@@ -28,6 +38,14 @@ def test_export_parity_outputs_and_contract(exported, tiny_run):
     out, report, arr = exported
     assert report["fp32"]["max_abs_prob_diff"] <= 1e-3
     assert report["int8"]["n_calibration"] == len(arr) - 16
+    # The padding arithmetic of TF-'same' convs stays float in INT8: quantized, it computed
+    # wrong pad sizes (shifted feature maps; 15 flipped test labels before this was found).
+    int8 = onnx.load(report["int8"]["path"]).graph.node
+    kinds = {n.name: n.op_type for n in int8}
+    traced = shape_arithmetic(report["int8"]["path"])
+    # (A DequantizeLinear may appear: a Clip's 0 constant shared with a quantized ReLU6, exact
+    # in 8 bits. A QuantizeLinear would mean pad arithmetic rounded to 8 bits, the old bug.)
+    assert traced and "QuantizeLinear" not in {kinds[n] for n in traced}
     _, ckpt = checkpoint.load(tiny_run.dir)
     meta = read_metadata(out)
     assert meta["threshold"] == ckpt.threshold and meta["labels"] == ckpt.labels
@@ -74,9 +92,59 @@ def test_export_cli_shipped_model_on_real_images(tmp_path, capsys):
         assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-3
 
 
-def test_onnx_runtime_needs_a_file(capsys):
-    assert main(["predict", str(EXAMPLES), "--runtime", "onnx"]) == 2
-    assert "--onnx" in capsys.readouterr().err
+def test_default_predict_is_cached_onnx_with_ood_scores_equal_to_torch(onnx_cache, capsys):
+    """The default runtime exports the shipped model once (parity-checked), reuses the cached
+    file, and gives torch's labels, probabilities and OOD scores on the 16 originals."""
+    for f in onnx_cache.glob("*.onnx"):
+        f.unlink()
+    predictor = make_predictor(None, paths=[str(p) for p in sorted(EXAMPLES.rglob("*.jpeg"))])
+    assert isinstance(predictor, OnnxPredictor) and predictor.model is not None
+    (cached,) = onnx_cache.glob("*.onnx")
+    stamp = cached.stat().st_mtime_ns
+    assert main(["predict", str(EXAMPLES), "--format", "json"]) == 0
+    default_rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert list(onnx_cache.glob("*.onnx")) == [cached] and cached.stat().st_mtime_ns == stamp
+    assert main(["predict", str(EXAMPLES), "--runtime", "torch", "--format", "json"]) == 0
+    torch_rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(default_rows) == len(torch_rows) == 16
+    for a, b in zip(default_rows, torch_rows):
+        assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-3
+        assert a["ood"] is b["ood"] is False
+        assert abs(a["ood_score"] - b["ood_score"]) < 1e-3 * b["ood_score"]
+
+
+def test_default_predict_falls_back_to_torch_with_one_notice(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache folder cannot be created under a file")
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(blocker / "cache"))
+    image = str(sorted(EXAMPLES.rglob("*.jpeg"))[0])
+    assert main(["predict", image, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["predictions"][0]["label"] == "NORMAL"
+    notices = [line for line in captured.err.splitlines() if "ONNX Runtime not used" in line]
+    assert len(notices) == 1 and "PyTorch" in notices[0]
+    assert main(["predict", image, "--runtime", "onnx"]) == 2  # forced: an error, no fallback
+    assert "--runtime onnx" in capsys.readouterr().err
+
+
+def test_onnx_logits_stay_generic_for_k_class_models(small_data, tmp_path):
+    """(N, K) logits keep their shape and go through the same probability formula as torch."""
+    from pneumoscan.models import create_model
+    from pneumoscan.predict import predict_arrays
+    from pneumoscan.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    model = create_model("custom-cnn", num_outputs=3).eval()
+    ckpt = checkpoint.Checkpoint("custom-cnn", ["NORMAL", "BACTERIA", "VIRUS"],
+                                 Preprocessing(input_size=64), 0.5, {})
+    images = load_many(sorted(str(p) for p in (small_data / "test").rglob("*.jpeg")), 64)[0]
+    out = tmp_path / "k.onnx"
+    assert export_model(model, ckpt, out, images)["fp32"]["max_abs_prob_diff"] <= 1e-3
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    logits, pooled = onnx_outputs(session, images, features=True)
+    assert logits.shape == (len(images), 3) and pooled.shape[0] == len(images)
+    got = OnnxPredictor(session, ckpt).probabilities(images)
+    assert np.abs(got - predict_arrays(model, ckpt, images)).max() < 1e-4
 
 
 def test_gradcam_from_onnx_equals_gradcam_from_pytorch(exported, tiny_run):

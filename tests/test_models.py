@@ -71,7 +71,9 @@ def test_unknown_model_names_the_choices():
 
 
 def test_timm_model_without_network_gives_a_clear_error():
-    with pytest.raises(PretrainedWeightsUnavailable, match="resnet18"):
+    """No network here: the hub is found unreachable first, so the answer comes from the local
+    cache at once instead of after the hub client's ~45 s of retries."""
+    with pytest.raises(PretrainedWeightsUnavailable, match="resnet18.*hub is unreachable"):
         create_model("resnet18", pretrained=True)
     assert create_model("resnet18", pretrained=False, num_outputs=1)(
         torch.zeros(1, 3, 64, 64)).shape == (1, 1)

@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,9 @@ def test_report_numbers_agree_with_evaluate(report, tiny_run, small_data_with_ba
     assert prov["split_sizes"]["test"] == 12 and len(prov["manifest_sha256"]) == 64
     assert prov["weights_sha256"] == checkpoint.file_sha256(tiny_run.dir / "model.safetensors")
     assert m["ci"]["n_resamples"] == 200
+    rows = [r for rows in m["errors"].values() if isinstance(rows, list) for r in rows]
+    assert rows and all(not Path(r["path"]).is_absolute() for r in rows)  # portable
+    assert all((small_data_with_bad_file / r["path"]).is_file() for r in rows)
 
 
 def test_nothing_is_fitted_on_the_evaluated_split(report, tiny_run, small_data_with_bad_file):

@@ -192,6 +192,7 @@ def run(opts: BenchOptions) -> dict:
     """All figures in one dict (see `format_tables`)."""
     from .export import export_from_data
     from .onnx_predict import OnnxPredictor
+    from .runtime import make_predictor
 
     info = machine()
     model, ckpt = checkpoint.load(None)
@@ -207,9 +208,12 @@ def run(opts: BenchOptions) -> dict:
         onnx_paths["onnx int8"] = tmp / "model.int8.onnx"
 
     naive = NaivePipeline(*checkpoint.load(None))
+    default = make_predictor(None, "auto", originals)  # ONNX fp32 (cached export) + OOD gate
     pipelines = {"(a) naive: full decode, fp32 NCHW, batch 1": naive.predict,
-                 "(b) pneumoscan default (fp32)": Predictor(model, ckpt).predict,
-                 "(b') pneumoscan --bf16": Predictor(*checkpoint.load(None), bf16=True).predict}
+                 f"(b) pneumoscan default ({type(default).__name__}, OOD gate)": default.predict,
+                 "(b') --runtime torch (fp32 channels-last)": Predictor(model, ckpt).predict,
+                 "(b'') --runtime torch --bf16": Predictor(*checkpoint.load(None),
+                                                           bf16=True).predict}
     for name, path in onnx_paths.items():
         pipelines[f"({'c' if 'fp32' in name else 'd'}) {name}"] = \
             OnnxPredictor.from_onnx(path).predict

@@ -99,10 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true",
                    help="torch runtime: bf16 autocast (faster on AVX-512 BF16 CPUs; may flip "
                         "labels near the threshold)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="torch (default) or ONNX Runtime")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default): ONNX Runtime fp32, exported once per model and cached "
+                        "in $PNEUMOSCAN_CACHE (~/.cache/pneumoscan), else torch; or force one")
     p.add_argument("--onnx", default=None,
-                   help="exported .onnx file for --runtime onnx (from 'pneumoscan export')")
+                   help="use this exported .onnx file as it is (from 'pneumoscan export')")
 
     p = sub.add_parser("explain", help="heatmap overlays (Grad-CAM or occlusion) per image")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
@@ -288,23 +289,19 @@ def cmd_model_card(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import Predictor, expand_inputs
+    from .predict import expand_inputs
+    from .runtime import make_predictor
 
     paths = expand_inputs(args.paths + args.image)
     if not paths:
         print("pneumoscan predict: give at least one image or folder", file=sys.stderr)
         return USAGE_ERROR
-    if args.runtime == "onnx":
-        from .onnx_predict import OnnxPredictor
-
-        if not args.onnx:
-            print("pneumoscan predict: --runtime onnx needs --onnx FILE (make one with "
-                  "'pneumoscan export')", file=sys.stderr)
-            return USAGE_ERROR
-        predictor = OnnxPredictor.from_onnx(args.onnx)
-    else:
-        predictor = Predictor.from_checkpoint(args.model, bf16=args.bf16,
-                                              allow_pickle=args.allow_pickle)
+    predictor = make_predictor(args.model, args.runtime, paths, args.onnx, bf16=args.bf16,
+                               allow_pickle=args.allow_pickle)
+    if args.explain and predictor.model is None:
+        print("pneumoscan predict: --explain needs the model's weights (--model), not only "
+              "an --onnx file", file=sys.stderr)
+        return USAGE_ERROR
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error", "ood", "ood_score"]
     flat = rows

@@ -105,15 +105,33 @@ def _set_metadata(path: Path, props: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def onnx_outputs(session, images: np.ndarray, batch_size: int = 32,
+                 features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, S, S) uint8 -> logits shaped as predict.head_output gives them ((N,) binary,
+    (N, K) K-class; float32) and, if asked, the (N, C) global average of the `features`
+    output (the penultimate features the OOD gate scores), else None."""
+    from .predict import head_output
+
+    names = [LOGIT, FEATURES] if features else [LOGIT]
+    logits, pooled = [], []
+    for i in range(0, len(images), batch_size):
+        out = session.run(names, {INPUT: images[i:i + batch_size, None]})
+        logits.append(head_output(out[0]))
+        if features:
+            pooled.append(out[1].mean(axis=(2, 3), dtype=np.float32))
+    if not logits:
+        return np.zeros(0, np.float32), (np.zeros((0, 0), np.float32) if features else None)
+    return (np.concatenate(logits).astype(np.float32),
+            np.concatenate(pooled) if features else None)
+
+
 def onnx_logits(path: str | Path, images: np.ndarray, batch_size: int = 32,
                 session=None) -> np.ndarray:
-    """(N, S, S) uint8 -> (N,) logits from an exported graph."""
+    """(N, S, S) uint8 -> (N,) or (N, K) logits from an exported graph."""
     import onnxruntime as ort
 
     sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = [sess.run([LOGIT], {INPUT: images[i:i + batch_size, None]})[0][:, 0]
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+    return onnx_outputs(sess, images, batch_size)[0]
 
 
 @torch.inference_mode()
@@ -146,8 +164,29 @@ class _Calibration:
         self.i = 0
 
 
+def shape_arithmetic(path: Path) -> list[str]:
+    """Names of the nodes that compute Pad sizes from the input's shape: timm's TF-'same'
+    convolutions trace their padding into the graph as Shape -> Div/Sub/Mul/Ceil... -> Pad.
+    Quantized, that arithmetic yields wrong pad sizes (shifted feature maps): it must stay
+    float. Traced back from every Pad's size inputs, stopping at Shape nodes."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    producer = {o: n for n in nodes for o in n.output}
+    found, stack = {}, [t for n in nodes if n.op_type == "Pad" for t in n.input[1:]]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in found:
+            continue
+        found[node.name] = node
+        if node.op_type != "Shape":
+            stack.extend(node.input)
+    return list(found)
+
+
 def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
-    """Static INT8 (QDQ, per-channel weights) calibrated on `calibration` uint8 images."""
+    """Static INT8 (QDQ, per-channel weights, MinMax) calibrated on `calibration` uint8
+    images, with the padding arithmetic left in float (see shape_arithmetic)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -157,9 +196,27 @@ def quantize_int8(fp32_path: Path, out: Path, calibration: np.ndarray) -> None:
         quantize_static(str(pre), str(out), _Calibration(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=shape_arithmetic(pre))
     finally:
         pre.unlink(missing_ok=True)
+
+
+def export_model(model: nn.Module, ckpt: checkpoint.Checkpoint, out: str | Path,
+                 parity_images: np.ndarray) -> dict:
+    """Write the fp32 graph of a loaded model to `out`, parity-checked on `parity_images`
+    (ExportError and no file if it differs from PyTorch by more than PARITY_TOLERANCE), with
+    the checkpoint contract as metadata. Returns {"fp32": {"path", parity figures}}."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _export_graph(model, ckpt, out)
+    check = parity(out, model, ckpt, parity_images)
+    if not check["max_abs_prob_diff"] <= PARITY_TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise ExportError(f"{out}: ONNX differs from PyTorch by {check['max_abs_prob_diff']:.2e}"
+                          f" in probability (tolerance {PARITY_TOLERANCE}); file removed")
+    _set_metadata(out, metadata(ckpt, model, {"dtype": "float32", "parity": check}))
+    return {"fp32": {"path": str(out), **check}}
 
 
 def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: np.ndarray,
@@ -180,22 +237,14 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
         True
     """
     model, ckpt = checkpoint.load(model_path)
+    report = export_model(model, ckpt, out, parity_images)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _export_graph(model, ckpt, out)
-    check = parity(out, model, ckpt, parity_images)
-    if not check["max_abs_prob_diff"] <= PARITY_TOLERANCE:
-        out.unlink(missing_ok=True)
-        raise ExportError(f"{out}: ONNX differs from PyTorch by {check['max_abs_prob_diff']:.2e}"
-                          f" in probability (tolerance {PARITY_TOLERANCE}); file removed")
-    report = {"fp32": {"path": str(out), **check}}
-    _set_metadata(out, metadata(ckpt, model, {"dtype": "float32", "parity": check}))
     if calibration is not None:
         int8 = out.with_name(out.stem + ".int8.onnx")
         quantize_int8(out, int8, calibration)
         check8 = parity(int8, model, ckpt, parity_images)
-        extra = {"dtype": "int8 static QDQ", "n_calibration": int(len(calibration)),
-                 "parity": check8}
+        extra = {"dtype": "int8 static QDQ, padding arithmetic in float",
+                 "n_calibration": int(len(calibration)), "parity": check8}
         _set_metadata(int8, metadata(ckpt, model, extra))
         report["int8"] = {"path": str(int8), "n_calibration": int(len(calibration)), **check8}
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -43,11 +44,18 @@ def get_spec(name: str) -> ModelSpec:
 
     if timm.is_model(name):  # any timm architecture; its weights come from the hub if asked
         def build(pretrained: bool, num_outputs: int) -> nn.Module:
+            # Without a network the hub client retries for ~45 s before failing: look first,
+            # and then only use weights already in the local cache.
+            offline = pretrained and not _hub_reachable()
             try:
-                return timm.create_model(name, pretrained=pretrained, num_classes=num_outputs)
+                with _hub_offline(offline):
+                    return timm.create_model(name, pretrained=pretrained,
+                                             num_classes=num_outputs)
             except Exception as e:  # hub unreachable, no weights for this name, ...
+                why = ("the Hugging Face hub is unreachable and they are not in the local cache"
+                       if offline else str(e))
                 raise PretrainedWeightsUnavailable(
-                    f"cannot download pretrained weights for timm model '{name}': {e}. "
+                    f"cannot download pretrained weights for timm model '{name}': {why}. "
                     f"Use pretrained=false, or one of the offline models: "
                     f"{', '.join(list_models())}") from None
         return ModelSpec(name, build, 224, _timm_last_stage)
@@ -58,6 +66,37 @@ def get_spec(name: str) -> ModelSpec:
 def create_model(name: str, pretrained: bool = False, num_outputs: int = 1) -> nn.Module:
     """Build a registered (or timm) network with `num_outputs` logits."""
     return get_spec(name).build(pretrained, num_outputs)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) accepts a connection within `timeout` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _hub_offline(active: bool):
+    """While active, the hub client answers from its local cache only (HF_HUB_OFFLINE), then
+    the previous setting is restored."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or active
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _timm_last_stage(model: nn.Module) -> nn.Module:

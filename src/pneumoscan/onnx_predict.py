@@ -1,7 +1,9 @@
 """Predictor on ONNX Runtime: same interface and outputs as the torch Predictor.
 
 The exported file carries the checkpoint contract (labels, threshold, preprocessing) in its
-metadata and normalises inside the graph, so it is all a deployment needs.
+metadata and normalises inside the graph, so it is all a deployment needs. `pneumoscan
+predict` uses it by default through runtime.py, with the contract (temperature, threshold, OOD
+gate) read from the checkpoint itself and the torch model kept beside it for Grad-CAM.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ood
 from .checkpoint import Checkpoint, CheckpointError
-from .export import LOGIT, onnx_logits, read_metadata
+from .export import LOGIT, onnx_outputs, read_metadata
 from .predict import Predictor
 
 
@@ -22,8 +25,9 @@ class OnnxPredictor(Predictor):
         'NORMAL'
     """
 
-    def __init__(self, session, ckpt: Checkpoint):
-        self.session, self.ckpt, self.model = session, ckpt, None
+    def __init__(self, session, ckpt: Checkpoint, model=None):
+        # `model`: the torch model of the same checkpoint, if loaded (Grad-CAM uses it).
+        self.session, self.ckpt, self.model = session, ckpt, model
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None) -> OnnxPredictor:
@@ -47,4 +51,14 @@ class OnnxPredictor(Predictor):
         return cls(session, ckpt)
 
     def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        return onnx_logits(None, images, batch_size, session=self.session)
+        return onnx_outputs(self.session, images, batch_size)[0]
+
+    def logits_and_ood(self, images: np.ndarray,
+                       batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and OOD scores from one run of the graph (its `features` output is the
+        layer the gate was fitted on); NaN scores without a gate."""
+        gated = self.ckpt.ood_stats is not None
+        logits, pooled = onnx_outputs(self.session, images, batch_size, features=gated)
+        if not gated:
+            return logits, np.full(len(logits), np.nan)
+        return logits, ood.scores(pooled, self.ckpt.ood_stats)

@@ -117,7 +117,15 @@ def _miss_rates(s: Scored, threshold: float) -> dict:
     return out
 
 
-def _errors(s: Scored, threshold: float, seed: int) -> dict:
+def _in_data(path: str, data_dir: Path) -> str:
+    """A path relative to the data folder where it lies below it (portable metrics.json)."""
+    try:
+        return str(Path(path).resolve().relative_to(data_dir.resolve()))
+    except ValueError:  # a manifest entry elsewhere
+        return str(path)
+
+
+def _errors(s: Scored, threshold: float, seed: int, data_dir: Path) -> dict:
     pred = s.p >= threshold
     fn = np.flatnonzero((s.y == 1) & ~pred)
     fn = fn[np.argsort(s.p[fn], kind="stable")]  # most confident misses first
@@ -127,7 +135,7 @@ def _errors(s: Scored, threshold: float, seed: int) -> dict:
     samples = np.sort(rng.choice(len(s.y), size=min(SAMPLES_SHOWN, len(s.y)), replace=False))
 
     def rows(idx):
-        return [{"path": s.records[i].path, "truth": s.records[i].label,
+        return [{"path": _in_data(s.records[i].path, data_dir), "truth": s.records[i].label,
                  "etiology": s.records[i].etiology, "probability": float(s.p[i])} for i in idx]
 
     return {"false_negatives": rows(fn), "false_positives": rows(fp),
@@ -152,7 +160,7 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
     thr, temp = ckpt.threshold, temperature_of(ckpt)
 
     headline = headline_metrics(ev.y, ev.p, thr)
-    headline.update({"split": split, "model": ckpt.extra["path"], "skipped": ev.skipped})
+    headline.update({"split": split, "model": _shown(folder), "skipped": ev.skipped})
     ci = bootstrap_ci(ev.y, ev.p, thr, np.array([r.patient for r in ev.records]),
                       n_resamples, seed)
     # Calibration: the stored temperature, or (display only, not stored) one fitted on val.
@@ -170,7 +178,7 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
     metrics = {
         "headline": headline, "ci": ci,
         "operating_points": operating_points(val.y, val.p, ev.y, ev.p, thr),
-        "calibration": calibration, "errors": _errors(ev, thr, seed),
+        "calibration": calibration, "errors": _errors(ev, thr, seed, data_dir),
         "history": _history(folder),
         "provenance": provenance(ckpt, folder, data_dir, records,
                                  {k: len(v) for k, v in splits.items()}, seed),
@@ -190,6 +198,7 @@ def write_figures(metrics: dict, ev: Scored, out: Path) -> dict:
                       cal["ece_after"], cal["temperature"], figs["reliability"])
     plots.confusion(h["tp"], h["fp"], h["tn"], h["fn"], figs["confusion"])
     thr = h["threshold"]
+    data_dir = Path(metrics["provenance"]["data_dir"])  # error rows' paths are relative to it
     for name, rows in (("samples", err["samples"]),
                        ("false_negatives", err["false_negatives"][:MAX_FN_SHOWN]),
                        ("false_positives", err["false_positives"][:FP_SHOWN])):
@@ -199,8 +208,9 @@ def write_figures(metrics: dict, ev: Scored, out: Path) -> dict:
         items = []
         for r in rows:
             called = "PNEUMONIA" if r["probability"] >= thr else "NORMAL"
-            items.append((load_gray(r["path"], 160), f"{Path(r['path']).name[:30]}\ntruth "
-                           f"{r['truth']}, p={r['probability']:.3f}", called == r["truth"]))
+            image = load_gray(data_dir / r["path"], 160)
+            items.append((image, f"{Path(r['path']).name[:30]}\ntruth "
+                          f"{r['truth']}, p={r['probability']:.3f}", called == r["truth"]))
         plots.gallery(items, figs[name])
     if metrics["history"]:
         figs["training_curves"] = out / "training_curves.png"

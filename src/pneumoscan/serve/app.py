@@ -32,7 +32,7 @@ from ..ood import flag
 from ..predict import Predictor
 from .batcher import MicroBatcher
 from .middleware import AccessLog, BodyLimit
-from .uploads import UploadError, decode, dicom_supported
+from .uploads import DICOM, JPEG, PNG, UploadError, decode
 
 log = logging.getLogger("pneumoscan.serve")
 SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to workers
@@ -66,7 +66,6 @@ class Service:
     def __init__(self, predictor: Predictor, settings: Settings):
         self.predictor, self.settings = predictor, settings
         self.ckpt = predictor.ckpt
-        self.dicom_ok = dicom_supported()
         folder = Path(self.ckpt.extra["path"])
         self.model_info = {
             "name": self.ckpt.model_name,
@@ -87,7 +86,7 @@ class Service:
     async def decode(self, data: bytes, name: str) -> np.ndarray:
         s = self.settings
         job = self._decoders.submit(decode, data, name, self.ckpt.preprocessing,
-                                    s.max_pixels, self.dicom_ok)
+                                    s.max_pixels)
         return await asyncio.wrap_future(job)
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -227,8 +226,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {**s.model_info, "labels": s.ckpt.labels, "threshold": s.ckpt.threshold,
                 "preprocessing": s.ckpt.preprocessing.to_dict(),
                 "val_metrics": s.ckpt.val_metrics, "server_version": __version__,
-                "accepts": ["image/jpeg", "image/png"] + (["application/dicom"]
-                                                          if s.dicom_ok else []),
+                "accepts": [JPEG, PNG, DICOM],
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_pixels": settings.max_pixels}
 

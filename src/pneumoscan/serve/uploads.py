@@ -52,47 +52,16 @@ def _check_pixels(data: bytes, name: str, max_pixels: int) -> None:
                                f"{max_pixels:,} this server accepts")
 
 
-def decode(data: bytes, name: str, prep: Preprocessing, max_pixels: int,
-           dicom_ok: bool) -> np.ndarray:
+def decode(data: bytes, name: str, prep: Preprocessing, max_pixels: int) -> np.ndarray:
     """Uploaded bytes -> (size, size) uint8 gray array, or UploadError(415 or 422)."""
     if not data:
         raise UploadError(422, f"{name}: empty file")
     kind = sniff(data)
-    if kind is None or (kind == DICOM and not dicom_ok):
-        what = "DICOM is not supported by this build" if kind else "not a JPEG or PNG image"
-        raise UploadError(415, f"{name}: unsupported file type ({what})")
+    if kind is None:
+        raise UploadError(415, f"{name}: unsupported file type (not a JPEG, PNG or DICOM file)")
     if kind != DICOM:
         _check_pixels(data, name, max_pixels)
     try:
         return load_gray(io.BytesIO(data), prep.input_size, prep.interpolation, name=name)
     except ImageError as e:
         raise UploadError(422, str(e)) from None
-
-
-def dicom_supported() -> bool:
-    """Whether load_gray decodes DICOM in this build: try it on a tiny DICOM made in memory."""
-    try:
-        from pydicom.dataset import Dataset, FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-    except ImportError:
-        return False
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = bytes(range(16))
-    buf = io.BytesIO()
-    try:
-        ds.save_as(buf, enforce_file_format=True)
-        load_gray(io.BytesIO(buf.getvalue()), 4, name="<dicom probe>")
-    except Exception:  # noqa: BLE001 - any failure means "not supported here"
-        return False
-    return True
