@@ -9,10 +9,12 @@ train folder only (file names, patient numbers, train images; no test image defi
   id-low    per patient-id family (person, IM-, NORMAL2-IM-), the lowest 10% patient numbers
   id-high   per patient-id family, the highest 10% patient numbers
   atypical  per class, the 10% of patients farthest from the train-folder feature centroid
+  style-cluster  whole k-means clusters of low-level (blocks.4) features, ~10% of images
 
 Recipes are frozen-feature probes (logistic regression on ImageNet EfficientNet-Lite0
 features, class-balanced): preprocessing raw / eq (histogram equalisation) / crop (central
-80%) where cached, layer blocks.4 / blocks.5 / bn2 / blocks.5+bn2, C 0.003 / 0.03 / 0.3.
+80%) where cached, layer blocks.4 / blocks.5 / bn2 / blocks.5+bn2, C 0.003 / 0.03 / 0.3;
+plus bn2 reduced to 32 principal components, and the 14 image statistics of gap_cause.
 For each candidate the probe is fitted on the rest of the train folder and scored on the
 candidate; each recipe's test figures come from the probe fitted on the random carve's train
 part (the shipped procedure). Printed: per-recipe table, then Spearman correlations between
@@ -27,7 +29,7 @@ import sys
 
 import numpy as np
 from gap_cache import load_cache
-from gap_cause import patient_number
+from gap_cause import STATS, image_stats, patient_number
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -92,6 +94,27 @@ def candidates(cache: dict) -> dict[str, np.ndarray]:
     out["id-low"] = id_split(cache, low=True)
     out["id-high"] = id_split(cache, low=False)
     out["atypical"] = atypical_split(cache)
+    out["style-cluster"] = cluster_split(cache)
+    return out
+
+
+def cluster_split(cache: dict, k: int = 8, seed: int = 0) -> np.ndarray:
+    """Whole clusters of acquisition style (k-means on low-level blocks.4 ImageNet features of
+    the train folder), taken in a seeded random order until 10% of the images are held out;
+    each patient goes with the cluster of most of its images."""
+    from sklearn.cluster import KMeans
+
+    trn = np.flatnonzero(cache["split"] == "train")
+    z = StandardScaler().fit_transform(cache["imagenet_raw_b4"][trn])
+    lab = KMeans(k, n_init=4, random_state=seed).fit_predict(z)
+    pats = cache["patient"][trn]
+    major = {q: np.bincount(lab[pats == q]).argmax() for q in np.unique(pats)}
+    cl = np.array([major[q] for q in pats])
+    out = np.zeros(len(cache["split"]), bool)
+    for c in np.random.default_rng(seed).permutation(k):
+        if out.sum() >= FRACTION * len(trn):
+            break
+        out[trn[cl == c]] = True
     return out
 
 
@@ -104,6 +127,14 @@ def recipes(cache: dict) -> dict[str, np.ndarray]:
             x = np.concatenate([cache[f"imagenet_{v}_{k}"] for k in layer.split("+")], 1)
             for c in (0.003, 0.03, 0.3):
                 out[f"{v} {layer} C={c:g}"] = (x, c)
+    # Recipes far from those: fewer features, and image statistics alone.
+    from sklearn.decomposition import PCA
+
+    trn = cache["split"] == "train"
+    pca = PCA(32, random_state=0).fit(cache["imagenet_raw_bn2"][trn])
+    out["raw bn2 pca32 C=0.03"] = (pca.transform(cache["imagenet_raw_bn2"]), 0.03)
+    st = image_stats(cache["images"], cache["path"])
+    out["image stats C=1"] = (np.stack([st[k] for k in STATS], 1), 1.0)
     return out
 
 
@@ -149,6 +180,15 @@ def main() -> None:
               f"(mean AUROC {mean_a:.4f}, mean spec@98 {mean_s:.3f})")
     print(f"  {'test':10s} mean AUROC {np.mean([r['test auroc'] for r in rows]):.4f}, "
           f"mean spec@98 {np.mean([r['test spec98'] for r in rows]):.3f}")
+    print("\nTrained runs (fitted on their own random carve, so scored on it and test only)")
+    for key in sorted(k for k in cache if k.startswith("logit_")):
+        run = key[len("logit_"):]
+        z = cache[key] / float(cache[f"temp_{run}"])
+        q = 1 / (1 + np.exp(-z.astype(np.float64)))
+        held = ~np.isnan(q) & trn
+        print(f"  {run:10s} own val n={held.sum()} AUROC {auroc(y[held], q[held]):.4f} "
+              f"spec@98 {spec_at_sens(y[held], q[held]):.3f} | test AUROC "
+              f"{auroc(y[test], q[test]):.4f} spec@98 {spec_at_sens(y[test], q[test]):.3f}")
     np.save(os.environ.get("GAP_ROWS", "/tmp/gap_rows.npy"), np.array(rows, dtype=object),
             allow_pickle=True)
     sys.stdout.flush()
