@@ -153,6 +153,13 @@ def main() -> None:
             m = (fam == f) & (cache["split"] == sp)
             print(f"  {f:16s} {sp:5s} n={m.sum():5d} ids {nums[m].min()}-{nums[m].max()} "
                   f"median {np.median(nums[m]):.0f}")
+    print("  test normals by patient-number block: n, called sick, mean p")
+    for f, lo, hi in (("IM", 1, 49), ("IM", 50, 99), ("IM", 100, 149), ("NORMAL2-IM", 1, 99),
+                      ("NORMAL2-IM", 100, 189), ("NORMAL2-IM", 190, 259),
+                      ("NORMAL2-IM", 260, 399)):
+        m = testn & (fam == f) & (nums >= lo) & (nums <= hi)
+        print(f"    {f:10s} {lo:3d}-{hi:3d}: {m.sum():3d} {masks['test N FP'][m].sum():3d} "
+              f"{p[m].mean():.2f}")
     print("  test normals called sick, by family:",
           {f: f"{(masks['test N FP'] & (fam == f)).sum()}/{(testn & (fam == f)).sum()}"
            for f in ("IM", "NORMAL2-IM")})
