@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUT_DIR/report.html, metrics.json and the PNGs")
     p.add_argument("--resamples", type=int, default=2000, help="patient bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and gallery seed")
+    p.add_argument("--adapt", choices=("bn", "em", "bn+em"), default=None,
+                   help="site adaptation to the split's own unlabelled images (BatchNorm "
+                        "statistics, EM prior shift, or both); unadapted figures beside")
 
     p = sub.add_parser("calibrate", help="fit the temperature on val; rewrites only model.json")
     _data_arg(p)
@@ -197,6 +200,8 @@ def _fmt(v) -> str:
 
 def cmd_evaluate(args) -> int:
     models = args.model or [None]
+    if args.adapt:
+        return _evaluate_adapted(args, models)
     if args.report or len(models) > 1:
         return _evaluate_report(args, models)
     from .evaluate import evaluate
@@ -231,6 +236,31 @@ def _print_multiclass(result: dict) -> None:
     print("confusion (rows true, columns predicted)")
     print(_table([{"true": t, **dict(zip(names, row))} for t, row in zip(names, m["confusion"])],
                  ["true", *names]))
+
+
+def _evaluate_adapted(args, models: list) -> int:
+    from .adapt import evaluate_adapted
+
+    if len(models) > 1 or args.report:
+        print("pneumoscan evaluate: --adapt takes one --model and no --report", file=sys.stderr)
+        return USAGE_ERROR
+    result = evaluate_adapted(models[0], _data_dir(args), args.split, args.adapt,
+                              allow_pickle=args.allow_pickle)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        keys = ["n", "auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv",
+                "threshold", "tp", "fp", "tn", "fn"]
+        info = "".join(f", {k} {v:.4f}" for k, v in result["adaptation"].items()
+                       if k != "method")
+        print(f"split {args.split} of {_data_dir(args)}; model {result['model']}; site "
+              f"adaptation '{args.adapt}' on the split's unlabelled images{info}")
+        print(_table([{"metric": k, "unadapted": result["unadapted"][k],
+                       "adapted": result["adapted"][k]} for k in keys],
+                     ["metric", "unadapted", "adapted"]))
+        for s in result["skipped"]:
+            print(f"skipped: {s}", file=sys.stderr)
+    return SOME_FAILED if result["skipped"] else 0
 
 
 def _evaluate_report(args, models: list) -> int:
