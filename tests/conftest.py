@@ -81,3 +81,15 @@ def tiny_run(small_data_with_bad_file, tmp_path_factory):
     cfg = load_config(None, ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2",
                              "precision=32-true"])
     return fit(cfg, small_data_with_bad_file, tmp_path_factory.mktemp("run") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def etiology_run(small_data, tmp_path_factory):
+    """The three-class (NORMAL / BACTERIAL / VIRAL) counterpart of tiny_run: one epoch at
+    64 px on small_data (task=etiology)."""
+    from pneumoscan.config import load_config
+    from pneumoscan.train import fit
+
+    cfg = load_config(None, ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2",
+                             "precision=32-true", "task=etiology"])
+    return fit(cfg, small_data, tmp_path_factory.mktemp("etiology") / "run")

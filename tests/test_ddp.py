@@ -8,19 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pneumoscan import checkpoint
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def test_ddp_two_processes_on_cpu(small_data, tmp_path):
+@pytest.mark.parametrize("task", ["binary", "etiology"])
+def test_ddp_two_processes_on_cpu(task, small_data, tmp_path):
+    """etiology: the (N, 3) class probabilities are gathered across ranks."""
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pneumoscan.cli", "train", "--data", str(small_data),
            "--out", str(out), "strategy=ddp", "accelerator=cpu", "devices=2",
            "image_size=48", "epochs=1", "batch_size=8", "val_fraction=0.15",
-           "precision=32-true"]
+           "precision=32-true", f"task={task}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -36,3 +40,10 @@ def test_ddp_two_processes_on_cpu(small_data, tmp_path):
     assert val_n == ckpt.extra["n_val"]
     assert 0.0 <= float(rows[-1]["val_auroc"]) <= 1.0
     assert 0.0 <= ckpt.val_metrics["auroc"] <= 1.0 and ckpt.val_metrics["n"] == val_n
+    # the gathered accuracy is a count of the val_n images (each once) over val_n
+    assert float(rows[-1]["val_acc"]) * val_n == pytest.approx(
+        round(float(rows[-1]["val_acc"]) * val_n), abs=1e-6)
+    if task == "etiology":
+        assert ckpt.labels == ["NORMAL", "BACTERIAL", "VIRAL"]
+        assert 0.0 <= float(rows[-1]["val_pneumonia_auroc"]) <= 1.0
+        assert 0.0 <= ckpt.val_metrics["class_accuracy"] <= 1.0

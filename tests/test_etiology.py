@@ -26,16 +26,6 @@ from pneumoscan.transforms import load_many
 
 from .conftest import EXAMPLES
 
-TINY = ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2", "precision=32-true"]
-
-
-@pytest.fixture(scope="module")
-def etiology_run(small_data, tmp_path_factory):
-    from pneumoscan.train import fit
-
-    cfg = load_config(None, [*TINY, "task=etiology"])
-    return fit(cfg, small_data, tmp_path_factory.mktemp("etiology") / "run")
-
 
 @pytest.fixture(scope="module")
 def loaded(etiology_run):

@@ -14,14 +14,21 @@ from pneumoscan.cli import main
 from pneumoscan.explain import (
     Explainer,
     OcclusionSettings,
+    attribution_target,
     blank_pixels,
     cam_from_features,
     gradcam,
+    normalise,
     occlusion,
     save,
 )
 from pneumoscan.models import create_model, get_spec
-from pneumoscan.predict import Predictor, predict_arrays
+from pneumoscan.predict import (
+    Predictor,
+    predict_arrays,
+    predict_logits,
+    probabilities_from_logits,
+)
 from pneumoscan.transforms import Preprocessing, load_many, to_model_input
 
 from .conftest import EXAMPLES
@@ -156,11 +163,15 @@ def test_blank_pixels_blanks_exactly_the_fraction():
         assert (o[top] == round(float(img.mean()))).all()
 
 
-@pytest.mark.parametrize("name", ["custom-cnn", "efficientnet-lite0"])
-def test_model_is_left_exactly_as_found(name, data_dir):
+@pytest.mark.parametrize("name, labels", [
+    ("custom-cnn", ["NORMAL", "PNEUMONIA"]), ("efficientnet-lite0", ["NORMAL", "PNEUMONIA"]),
+    ("efficientnet-lite0", ["NORMAL", "BACTERIAL", "VIRAL"])])
+def test_model_is_left_exactly_as_found(name, labels, data_dir):
     """Both methods, on a model put in train mode with some weights frozen."""
-    model = create_model(name, pretrained=False)
-    ckpt = checkpoint.Checkpoint(name, ["NORMAL", "PNEUMONIA"], Preprocessing(input_size=96), 0.5)
+    outputs = 1 if len(labels) == 2 else len(labels)
+    model = create_model(name, pretrained=False, num_outputs=outputs)
+    ckpt = checkpoint.Checkpoint(name, labels, Preprocessing(input_size=96), 0.5,
+                                 extra={"temperature": 0.8})
     model.train()
     for p in list(model.parameters())[:3]:
         p.requires_grad_(False)
@@ -241,3 +252,87 @@ def test_same_file_names_do_not_overwrite(shipped, data_dir, tmp_path):
     stem = Path(path).stem
     assert [Path(p).name for p in pngs] == [f"{stem}_gradcam.png", f"{stem}_gradcam_2.png"]
     assert all(Path(p).is_file() for p in pngs)
+
+
+# --- a three-class (NORMAL / BACTERIAL / VIRAL) model -------------------------------------
+
+def test_three_class_gradcam_explains_the_pneumonia_decision(etiology_run, small_data):
+    """The attributed score is the logit of the stored pneumonia probability 1 - P(NORMAL),
+    and its Grad-CAM is the CAM of the classifier rows weighted by that score's gradient."""
+    from captum.attr import LayerGradCam
+
+    model, ckpt = checkpoint.load(etiology_run.dir)
+    paths = sorted((small_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:3] + sorted(
+        (small_data / "test" / "NORMAL").glob("*.jpeg"))[:3]
+    images, _, _ = load_many(paths, 64)
+    forward, index = attribution_target(model, ckpt, None)
+    layer = get_spec(ckpt.model_name).target_layer(model)
+    feats = []
+    handle = layer.register_forward_hook(lambda m, i, o: feats.append(o.detach()))
+    with torch.no_grad():
+        x = to_model_input(torch.from_numpy(images).unsqueeze(1), ckpt.preprocessing)
+        log_odds = forward(x)[:, index].double().numpy()
+        z = model(x).double()
+    handle.remove()
+    p = probabilities_from_logits(predict_logits(model, ckpt, images), ckpt)
+    np.testing.assert_allclose(1 / (1 + np.exp(-log_odds)), p, atol=1e-5)
+
+    # d log-odds / d z: -1/T for NORMAL, softmax of the pneumonia classes / T for the others;
+    # Grad-CAM's channel weights are that times the classifier, averaged over the 2 x 2 map.
+    t = ckpt.extra["temperature"]
+    grad = torch.cat([-torch.ones(6, 1, dtype=z.dtype), torch.softmax(z[:, 1:] / t, dim=1)],
+                     dim=1) / t
+    rows = grad @ model.get_classifier().weight.detach().double()
+    expected = torch.einsum("nc,nchw->nhw", rows, feats[0].double()).numpy() / 4
+    raw = LayerGradCam(forward, layer).attribute(x, target=index, relu_attributions=False)
+    np.testing.assert_allclose(raw.detach()[:, 0].double().numpy(), expected, atol=1e-5)
+    maps = gradcam(model, ckpt, images)  # what explain shows: ReLU, scaled to a peak of 1
+    assert maps.shape == (6, 2, 2) and np.isfinite(maps).all()
+    np.testing.assert_allclose(maps, normalise(expected), atol=1e-4)
+    occ = occlusion(model, ckpt, images[:1], settings=OcclusionSettings(window=16, stride=16))
+    assert occ.shape == (1, 64, 64) and np.isfinite(occ).all() and occ.max() <= 1.0
+
+
+def test_three_class_model_equivalent_to_the_shipped_one_gets_its_maps(shipped, data_dir):
+    """A 3-class head with logits (0, z, z), z the shipped model's pneumonia logit, has the
+    shipped model's pneumonia log-odds up to a constant: its decision maps must be the
+    shipped model's (which pass the randomisation and deletion checks above)."""
+    import copy
+
+    model = copy.deepcopy(shipped.model)
+    head = model.get_classifier()
+    three = torch.nn.Linear(head.in_features, 3)
+    with torch.no_grad():
+        three.weight.copy_(torch.cat([torch.zeros_like(head.weight), head.weight, head.weight]))
+        three.bias.copy_(torch.cat([torch.zeros_like(head.bias), head.bias, head.bias]))
+    model.classifier = three
+    ckpt = copy.deepcopy(shipped.ckpt)
+    ckpt.labels = ["NORMAL", "BACTERIAL", "VIRAL"]
+    paths = sorted((data_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[:4]
+    images, _, _ = load_many(paths, 224)
+    expected = gradcam(shipped.model, shipped.ckpt, images)
+    assert expected.max() == 1.0
+    np.testing.assert_allclose(gradcam(model, ckpt, images), expected, atol=1e-4)
+
+
+def test_three_class_explain_cli_shows_class_probabilities(etiology_run, small_data, tmp_path,
+                                                          capsys):
+    paths = [str(sorted((small_data / "test" / label).glob("*.jpeg"))[0])
+             for label in ("PNEUMONIA", "NORMAL")]
+    results = Explainer.from_checkpoint(etiology_run.dir).explain(paths)
+    expected = Predictor.from_checkpoint(etiology_run.dir).predict(paths)
+    for r, e in zip(results, expected):
+        assert r.label == e.label in ("NORMAL", "PNEUMONIA") and r.etiology == e.etiology
+        assert r.class_probabilities == pytest.approx(e.class_probabilities, abs=1e-6)
+        assert r.heatmap.shape == r.image.shape and 0 <= r.heatmap.min() <= r.heatmap.max() <= 1
+    assert main(["explain", *paths, "--model", str(etiology_run.dir), "--out",
+                 str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["path", "probability", "label", "p_NORMAL", "p_BACTERIAL", "p_VIRAL",
+                      "etiology", "png"]
+    first = out.splitlines()[1].split()
+    assert first[3:7] == [f"{v:.4f}" for v in expected[0].class_probabilities.values()] + [
+        expected[0].etiology]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{Path(p).stem}_gradcam.png" for p in paths)

@@ -18,7 +18,7 @@ from pneumoscan.export import (
     shape_arithmetic,
 )
 from pneumoscan.onnx_predict import OnnxPredictor
-from pneumoscan.predict import Predictor
+from pneumoscan.predict import Predictor, class_probabilities
 from pneumoscan.runtime import make_predictor
 from pneumoscan.transforms import load_many
 
@@ -37,6 +37,7 @@ def exported(tiny_run, small_data, tmp_path_factory):
 def test_export_parity_outputs_and_contract(exported, tiny_run):
     out, report, arr = exported
     assert report["fp32"]["max_abs_prob_diff"] <= 1e-3
+    assert list(report["fp32"]["max_abs_class_prob_diff"]) == ["NORMAL", "PNEUMONIA"]
     assert report["int8"]["n_calibration"] == len(arr) - 16
     # The padding arithmetic of TF-'same' convs stays float in INT8: quantized, it computed
     # wrong pad sizes (shifted feature maps; 15 flipped test labels before this was found).
@@ -57,6 +58,7 @@ def test_export_parity_outputs_and_contract(exported, tiny_run):
     # CAM weights in the metadata reproduce the logit from the features (pool -> linear).
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     cam = json.loads(props["pneumoscan.cam_weights"])
+    assert props["pneumoscan.output"].startswith("logit (B, 1): the PNEUMONIA logit")
     pooled = feats.mean(axis=(2, 3))
     recomputed = pooled @ np.array(cam["weight"]).T + np.array(cam["bias"])
     assert np.abs(recomputed - logit).max() < 1e-3
@@ -161,3 +163,31 @@ def test_gradcam_from_onnx_equals_gradcam_from_pytorch(exported, tiny_run):
     onnx_maps = np.stack([cam_from_features(f, weight) for f in feats])
     assert onnx_maps.shape == torch_maps.shape and torch_maps.max() == 1.0  # real maps, not blank
     assert np.abs(onnx_maps - torch_maps).max() < 1e-3, np.abs(onnx_maps - torch_maps).max()
+
+
+def test_three_class_export_keeps_every_class_logit(etiology_run, small_data, tmp_path):
+    paths = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
+    arr, _, _ = load_many(sorted(str(p) for p in (small_data / "train").rglob("*.jpeg")), 64)
+    out = tmp_path / "etiology.onnx"
+    report = export_onnx(etiology_run.dir, out, arr[::3])
+    per_class = report["fp32"]["max_abs_class_prob_diff"]
+    assert list(per_class) == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert max(per_class.values()) <= 1e-3 and report["fp32"]["label_flips"] == 0
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (logit,) = sess.run([LOGIT], {"image": arr[:5, None]})
+    assert logit.shape == (5, 3)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["labels"]) == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert props["pneumoscan.output"].startswith(
+        'logit (B, 3): class logits in the order of labels ["NORMAL", "BACTERIAL", "VIRAL"]')
+    assert len(json.loads(props["pneumoscan.cam_weights"])["weight"]) == 3
+
+    onnx_p = OnnxPredictor.from_onnx(out)
+    z = onnx_p.logits(arr[:4])
+    assert z.shape == (4, 3)
+    np.testing.assert_array_equal(onnx_p.class_scores(arr[:4])[1],
+                                  class_probabilities(z, onnx_p.ckpt))
+    ref = Predictor.from_checkpoint(etiology_run.dir).predict(paths)
+    for r, g in zip(ref, onnx_p.predict(paths)):
+        assert g.class_probabilities == pytest.approx(r.class_probabilities, abs=1e-3)
+        assert g.label == r.label and g.etiology == r.etiology

@@ -12,7 +12,14 @@ from pneumoscan.cli import main
 from pneumoscan.config import config_from_dict
 from pneumoscan.data import scan, select
 from pneumoscan.evaluate import evaluate
-from pneumoscan.metrics import map_threshold, operating_points
+from pneumoscan.metrics import (
+    MULTICLASS_CI_KEYS,
+    map_threshold,
+    multiclass_bootstrap_ci,
+    multiclass_metrics,
+    operating_points,
+    weighted_multiclass,
+)
 from pneumoscan.model_card import write_model_card
 from pneumoscan.predict import predict_arrays
 from pneumoscan.transforms import load_many
@@ -42,6 +49,8 @@ def test_report_html_is_self_contained_with_every_section(report):
     assert len(sources) >= 8  # roc, pr, curves, reliability, confusion and the galleries
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert "Training curves" in html and "Not for clinical use" in html
+    assert "id='multiclass'" not in html  # a binary model's report is as it was
+    assert "multiclass" not in json.loads((out / "metrics.json").read_text())
     for name in ("roc", "pr", "reliability", "confusion", "samples", "training_curves"):
         assert (out / f"{name}.png").stat().st_size > 1000, name
 
@@ -137,6 +146,86 @@ def test_model_card_is_generated_from_metrics_json(report, tiny_run, tmp_path):
                     "## Disclaimer"):
         assert heading in card, heading
     assert "not a diagnosis" in card and "Not for clinical use" in card
+    assert "Labels: NORMAL, PNEUMONIA." in card and "classes (" not in card
+    assert "does not distinguish bacterial from viral" in card
     assert f"{m['ci']['auroc']['value']:.3f} (95% CI {m['ci']['auroc']['low']:.3f}" in card
     with pytest.raises(ValueError, match="holds no evaluation"):
         write_model_card(None, out / "metrics.json", tmp_path / "other.md")
+
+
+# --- a three-class (NORMAL / BACTERIAL / VIRAL) model -------------------------------------
+
+@pytest.fixture(scope="module")
+def etiology_report(etiology_run, small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("etiology-report")
+    code = main(["evaluate", "--data", str(small_data), "--split", "test", "--model",
+                 str(etiology_run.dir), "--report", str(out), "--resamples", "200"])
+    return code, out
+
+
+def test_three_class_report_has_class_metrics_with_patient_intervals(
+        etiology_report, etiology_run, small_data, capsys):
+    code, out = etiology_report
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    plain = evaluate(etiology_run.dir, small_data, "test")
+    mc, ci = m["multiclass"], m["multiclass"]["ci"]
+    assert m["labels"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert mc["confusion"] == plain["multiclass"]["confusion"]
+    assert np.array(mc["confusion"]).sum() == m["headline"]["n"] == 12
+    for key in MULTICLASS_CI_KEYS:
+        assert mc[key] == pytest.approx(plain["multiclass"][key], nan_ok=True), key
+        assert ci[key]["value"] == pytest.approx(mc[key], nan_ok=True), key
+        assert not ci[key]["low"] > ci[key]["high"], key
+    for name, c in mc["per_class"].items():
+        for what in ("recall", "precision"):
+            assert ci["per_class"][name][what]["value"] == pytest.approx(c[what], nan_ok=True)
+    assert ci["n_resamples"] == 200 and ci["n_groups"] == m["ci"]["n_groups"]
+    # the headline is the binary pneumonia decision (1 - P(NORMAL)), as evaluate gives it
+    assert [m["headline"][k] for k in COUNTS] == [plain[k] for k in COUNTS]
+    assert m["calibration"]["temperature"] == checkpoint.load(etiology_run.dir)[1].extra[
+        "temperature"]
+    html = (out / "report.html").read_text()
+    assert "id='multiclass'" in html and "Bacterial vs viral accuracy" in html
+    assert html.count("<td>true ") == 3 and "predicted VIRAL" in html
+    for section in SECTIONS:
+        assert f"id='{section}'" in html, section
+
+
+def test_multiclass_bootstrap_weights_reproduce_the_point_metrics():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    p = rng.dirichlet([1, 1, 1], 90)
+    p[np.arange(90), y] += 0.4
+    p /= p.sum(axis=1, keepdims=True)
+    labels = ["NORMAL", "BACTERIAL", "VIRAL"]
+    ranks = [np.unique(p[:, c], return_inverse=True)[1] for c in range(3)]
+    m = multiclass_metrics(y, p, labels)
+    expected = [m[k] for k in MULTICLASS_CI_KEYS]
+    expected += [m["per_class"][n]["recall"] for n in labels]
+    expected += [m["per_class"][n]["precision"] for n in labels]
+    np.testing.assert_allclose(weighted_multiclass(y, p, ranks, np.ones(90)), expected)
+    # drawing every image twice is the same sample
+    np.testing.assert_allclose(weighted_multiclass(y, p, ranks, np.full(90, 2.0)), expected)
+    # whole patients: 30 patients of 3 images each; a perfect model has zero-width intervals
+    ci = multiclass_bootstrap_ci(y, np.eye(3)[y], labels, np.repeat(np.arange(30), 3), 100)
+    assert ci["n_groups"] == 30
+    assert ci["class_accuracy"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+    assert ci["per_class"]["VIRAL"]["precision"]["low"] == 1.0
+
+
+def test_three_class_model_card_lists_labels_and_class_metrics(etiology_report, etiology_run,
+                                                              tmp_path):
+    _, out = etiology_report
+    card = write_model_card(etiology_run.dir, out / "metrics.json", tmp_path / "CARD.md"
+                            ).read_text()
+    m = json.loads((out / "metrics.json").read_text())
+    _, ckpt = checkpoint.load(etiology_run.dir)
+    assert "Labels: NORMAL, BACTERIAL, VIRAL." in card
+    assert "### 3 classes (NORMAL, BACTERIAL, VIRAL)" in card
+    assert "does not distinguish bacterial from viral" not in card
+    assert f"accuracy {ckpt.val_metrics['class_accuracy']:.3f}, macro AUROC " in card
+    acc = m["multiclass"]["ci"]["class_accuracy"]
+    assert f"| 3-class accuracy | {acc['value']:.3f} (95% CI {acc['low']:.3f}" in card
+    row = m["multiclass"]["confusion"][2]
+    assert f"| VIRAL | {row[0]} | {row[1]} | {row[2]} |" in card

@@ -94,6 +94,9 @@ def test_predict_matches_the_predictor(client, predictor, small_jpegs):
         assert len(body["model"]["checkpoint_sha256"]) == 64
         assert body["heatmap_png"] is None and body["warnings"] == []
         assert body["elapsed_ms"] > 0
+        assert body["etiology"] is None  # a binary model
+        assert body["class_probabilities"] == pytest.approx(expected.class_probabilities,
+                                                            abs=1e-6)
 
 
 def test_png_upload_is_accepted(client, predictor, tmp_path):
@@ -142,6 +145,54 @@ def test_batch_gives_one_result_or_error_per_file(client, predictor, small_jpegs
     assert "notes.txt" in results[2]["error"] and "empty" in results[3]["error"]
     for x, path in zip([results[0], results[1], results[4]], [*small_jpegs[:2], ORIGINAL]):
         assert abs(x["probability"] - predictor.predict([str(path)])[0].probability) < 1e-5
+
+
+# --- a three-class (NORMAL / BACTERIAL / VIRAL) model -------------------------------------
+
+@pytest.fixture(scope="module")
+def etiology_client(etiology_run):
+    with TestClient(create_app(Settings(model=str(etiology_run.dir)))) as c:
+        yield c
+
+
+def test_three_class_model_serves_class_probabilities_and_etiology(etiology_client,
+                                                                   etiology_run, small_data):
+    paths = [sorted((small_data / "test" / label).glob("*.jpeg"))[0]
+             for label in ("PNEUMONIA", "NORMAL")]
+    expected = Predictor.from_checkpoint(etiology_run.dir).predict([str(p) for p in paths])
+    assert etiology_client.get("/v1/model").json()["labels"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    batch = etiology_client.post("/v1/predict/batch", files=[
+        ("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]).json()["results"]
+    for path, e, b in zip(paths, expected, batch):
+        body = upload(etiology_client, path.name, path.read_bytes()).json()
+        for got in (body, b):
+            assert list(got["class_probabilities"]) == ["NORMAL", "BACTERIAL", "VIRAL"]
+            assert got["class_probabilities"] == pytest.approx(e.class_probabilities, abs=1e-6)
+            assert got["probability"] == pytest.approx(e.probability, abs=1e-6)
+            assert got["etiology"] == e.etiology in ("BACTERIAL", "VIRAL")
+            assert got["label"] == e.label in ("NORMAL", "PNEUMONIA")
+
+
+def test_three_class_model_heatmap_and_page(etiology_client, etiology_run, small_data):
+    import base64
+
+    import numpy as np
+
+    from pneumoscan.explain import Explainer, heatmap_rgba
+    from pneumoscan.transforms import load_gray
+
+    path = sorted((small_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    r = upload(etiology_client, path.name, path.read_bytes(), explain="true")
+    assert r.status_code == 200, r.text
+    overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["heatmap_png"])))
+    assert overlay.mode == "RGBA" and overlay.size == (64, 64)  # the model's input geometry
+    # the map of the pneumonia decision, as `explain` computes it for the same model
+    explainer = Explainer.from_checkpoint(etiology_run.dir)
+    image = load_gray(str(path), 64, explainer.ckpt.preprocessing.interpolation)
+    expected = heatmap_rgba(explainer.maps(image[None])[0])
+    assert np.abs(np.asarray(overlay).astype(int) - expected).max() <= 1
+    assert 'id="etiology-line" hidden' in etiology_client.get("/").text  # shown by app.js
+    assert "r.etiology" in etiology_client.get("/static/app.js").text
 
 
 # --- bad input ----------------------------------------------------------------------------

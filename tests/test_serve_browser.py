@@ -56,6 +56,7 @@ def test_upload_through_the_page_shows_the_api_result(browser, live, tmp_path):
     assert page.inner_text("#threshold") == f"{api['threshold']:.4f}"
     width = page.eval_on_selector("#fill", "e => e.style.width")
     assert width == f"{100 * api['probability']:.1f}%"
+    assert api["etiology"] is None and page.is_hidden("#etiology-line")  # a binary model
     shot = tmp_path / "serve_page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -72,3 +73,20 @@ def test_a_bad_file_gets_a_clear_message(browser, live, tmp_path):
     message = page.inner_text("#error")
     assert "scan.jpeg" in message and "cannot decode" in message
     assert page.is_hidden("#result")
+
+
+def test_three_class_model_page_shows_the_etiology(browser, etiology_run, small_data, tmp_path):
+    xray = sorted((small_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    with running_server(tmp_path / "server.log", "--model", str(etiology_run.dir)) as (url, _):
+        page = browser.new_page()
+        page.goto(url)
+        page.set_input_files("#file", str(xray))
+        page.wait_for_selector("#result[data-state=done]:not([hidden])", timeout=30_000)
+        with xray.open("rb") as f:
+            api = httpx.post(f"{url}/v1/predict", files={"file": (xray.name, f, "image/jpeg")},
+                             timeout=30).json()
+    assert page.is_visible("#etiology-line")
+    assert page.inner_text("#etiology") == api["etiology"] in ("BACTERIAL", "VIRAL")
+    assert page.inner_text("#class-probabilities") == "(" + ", ".join(
+        f"{k} {v:.3f}" for k, v in api["class_probabilities"].items()) + ")"
+    assert page.inner_text("#label") == api["label"]

@@ -286,6 +286,9 @@ def _evaluate_report(args, models: list) -> int:
         keys = ["model", "n", "auroc", "accuracy", "sensitivity", "specificity", "f1", "tp",
                 "fp", "tn", "fn"]
         print(_table(rows, keys))
+        for m in result.get("models", [result]) if args.report else []:
+            if "multiclass" in m:  # a K-class model (point values; intervals in the report)
+                _print_multiclass(m)
         if args.report:
             print(f"report: {args.report}/report.html (and metrics.json, PNGs)")
     return SOME_FAILED if any(r["skipped"] for r in rows) else 0
@@ -376,7 +379,8 @@ def _write_explanations(explainer, paths: list[str], method: str, out: str,
     for e in explainer.iter_explain(paths, method, progress=progress):
         png = None if e.error else save(e, out, explainer.ckpt.threshold, save_npy, taken)
         rows.append({"path": e.path, "probability": e.probability, "label": e.label,
-                     "png": png and str(png), "error": e.error})
+                     "png": png and str(png), "error": e.error,
+                     "class_probabilities": e.class_probabilities, "etiology": e.etiology})
     return rows
 
 
@@ -387,7 +391,13 @@ def cmd_explain(args) -> int:
     explainer = Explainer.from_checkpoint(args.model)
     rows = _write_explanations(explainer, expand_inputs(args.paths), args.method, args.out,
                                args.save_npy)
-    print(_table(rows, ["path", "probability", "label", "png"]))
+    columns, flat = ["path", "probability", "label", "png"], rows
+    if len(explainer.ckpt.labels) > 2:  # a K-class model: each class's probability, etiology
+        names = [f"p_{name}" for name in explainer.ckpt.labels]
+        columns[3:3] = [*names, "etiology"]
+        flat = [{**r, **dict(zip(names, (r["class_probabilities"] or {}).values()))}
+                for r in rows]
+    print(_table(flat, columns))
     print(f"threshold {explainer.ckpt.threshold:.4f}; research use only, not a diagnosis")
     for r in rows:
         if r["error"]:
@@ -402,6 +412,9 @@ def cmd_export(args) -> int:
     for kind, r in report.items():
         print(f"{kind}: {r['path']}  parity on {r['n']} val images: max |dp| "
               f"{r['max_abs_prob_diff']:.2e}, label flips {r['label_flips']}")
+        if len(r["max_abs_class_prob_diff"]) > 2:  # a K-class model: every class checked
+            print("  per class max |dp|: " + ", ".join(
+                f"{k} {v:.2e}" for k, v in r["max_abs_class_prob_diff"].items()))
     return 0
 
 

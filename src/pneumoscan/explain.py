@@ -4,6 +4,11 @@ Maps are computed at the model input (the image squashed to input_size x input_s
 resized back to the original width x height, so they lie on the X-ray as it was given.
 Every function leaves the model exactly as it found it: the train/eval mode of each module,
 requires_grad flags, no hooks (captum removes its own) and no `.grad` written.
+
+What is explained by default is the pneumonia decision: a binary model's logit, and for a
+K-class (etiology) model the logit of its pneumonia probability, log(1 - P(NORMAL)) -
+log P(NORMAL) at the stored temperature, the score the stored threshold is applied to
+(PneumoniaLogOdds). An explicit `target` explains that raw class logit instead.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from PIL import Image
 from torch import nn
 
 from . import checkpoint
+from .calibration import temperature_of
 from .models import get_spec
-from .predict import Predictor, predict_arrays
+from .predict import Predictor, class_probabilities, probabilities_from_logits
 from .transforms import ImageError, load_gray_original, load_many, to_model_input
 
 METHODS = ("gradcam", "occlusion")
@@ -46,12 +52,40 @@ class OcclusionSettings:
 class Explanation:
     path: str
     method: str
-    target: int = 0
+    target: int | None = None  # None: the pneumonia decision (module docstring)
     heatmap: np.ndarray | None = None  # (H, W) float32 in [0, 1], the original geometry
     image: np.ndarray | None = None  # (H, W) uint8 gray original, for display
     probability: float | None = None
     label: str | None = None
     error: str | None = None
+    # As in predict.Prediction: every class's probability; K-class models' likelier etiology.
+    class_probabilities: dict[str, float] | None = None
+    etiology: str | None = None
+
+
+class PneumoniaLogOdds(nn.Module):
+    """A K-class model's pneumonia log-odds as one (N, 1) output: logsumexp of the non-NORMAL
+    logits / T minus the NORMAL logit / T = logit(1 - P(NORMAL)), the probability
+    predict.probabilities_from_logits compares with the stored threshold. Holds the model
+    without changing it."""
+
+    def __init__(self, model: nn.Module, normal: int, temperature: float):
+        super().__init__()
+        self.model, self.normal, self.temperature = model, normal, temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x).float() / self.temperature
+        sick = torch.cat([z[:, :self.normal], z[:, self.normal + 1:]], dim=1)
+        return (torch.logsumexp(sick, dim=1) - z[:, self.normal])[:, None]
+
+
+def attribution_target(model: nn.Module, ckpt: checkpoint.Checkpoint, target: int | None
+                       ) -> tuple[nn.Module, int]:
+    """(forward function, output index) to attribute: `target` is a raw logit index; None is
+    the pneumonia decision (a binary model's logit 0, a K-class model's PneumoniaLogOdds)."""
+    if target is not None or len(ckpt.labels) == 2:
+        return model, 0 if target is None else target
+    return PneumoniaLogOdds(model, ckpt.labels.index("NORMAL"), temperature_of(ckpt)), 0
 
 
 @contextmanager
@@ -90,13 +124,13 @@ def resize_map(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def gradcam(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
-            target: int = 0) -> np.ndarray:
+            target: int | None = None) -> np.ndarray:
     """Grad-CAM (captum's LayerGradCam) on the registry's target layer.
 
     Args:
         images: (N, S, S) uint8 gray model inputs (S = the checkpoint's input_size).
-        target: the logit to explain; 0 is the pneumonia logit of a binary model, a class
-            index for a multi-class one.
+        target: None explains the pneumonia decision (the binary logit; a K-class model's
+            pneumonia log-odds); an int explains that raw logit (a class index).
 
     Returns:
         (N, h, w) float32 maps in [0, 1] at the target layer's resolution (7 x 7 for
@@ -110,29 +144,32 @@ def gradcam(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
     from captum.attr import LayerGradCam
 
     layer = get_spec(ckpt.model_name).target_layer(model)
+    forward, index = attribution_target(model, ckpt, target)
     with _eval_mode(model):
-        attr = LayerGradCam(model, layer).attribute(_inputs(model, ckpt, images), target=target,
-                                                    relu_attributions=True)
+        attr = LayerGradCam(forward, layer).attribute(_inputs(model, ckpt, images),
+                                                      target=index, relu_attributions=True)
     return normalise(attr.detach()[:, 0].float().cpu().numpy())
 
 
 def occlusion(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
-              target: int = 0, settings: OcclusionSettings = OcclusionSettings()) -> np.ndarray:
+              target: int | None = None, settings: OcclusionSettings = OcclusionSettings()
+              ) -> np.ndarray:
     """Occlusion sensitivity (captum's Occlusion): (N, S, S) uint8 model inputs -> (N, S, S)
-    float32 maps in [0, 1]; a pixel's value is the mean drop of the target logit when a
-    window covering it is filled with the image mean (rises count as 0).
+    float32 maps in [0, 1]; a pixel's value is the mean drop of the target (as in gradcam)
+    when a window covering it is filled with the image mean (rises count as 0).
     Costs settings.forward_passes(S) forward passes per image."""
     from captum.attr import Occlusion
 
+    forward, index = attribution_target(model, ckpt, target)
     maps = []
     with _eval_mode(model):
         for i in range(len(images)):
             x = _inputs(model, ckpt, images[i:i + 1])
             c = x.shape[1]
-            attr = Occlusion(model).attribute(
+            attr = Occlusion(forward).attribute(
                 x, sliding_window_shapes=(c, settings.window, settings.window),
                 strides=(c, settings.stride, settings.stride), baselines=float(x.mean()),
-                target=target, perturbations_per_eval=settings.batch_size)
+                target=index, perturbations_per_eval=settings.batch_size)
             maps.append(attr.detach()[0, 0].float().cpu().numpy())
     size = ckpt.preprocessing.input_size
     return normalise(np.stack(maps)) if maps else np.zeros((0, size, size), np.float32)
@@ -148,7 +185,9 @@ def cam_from_features(features: np.ndarray, weights: np.ndarray, width: int | No
 
     Args:
         features: (C, h, w) the target layer's output for one image.
-        weights: (C,) the classifier row of the target logit (`classifier.weight[target]`).
+        weights: (C,) the classifier row of the target logit (`classifier.weight[target]`);
+            for a K-class model's pneumonia log-odds, the gradient of the log-odds w.r.t.
+            the logits times the classifier weight (a per-image row; see tests).
         width, height: the original image size to resize to; None keeps (h, w).
 
     Returns:
@@ -162,8 +201,10 @@ def cam_from_features(features: np.ndarray, weights: np.ndarray, width: int | No
     return cam if width is None else resize_map(cam, width, height)
 
 
-class Explainer:
-    """A loaded model plus its checkpoint contract, explaining images.
+class Explainer(Predictor):
+    """A loaded model plus its checkpoint contract, explaining images. A Predictor (its
+    labels, class probabilities and etiology come from the same code) that, unlike one, does
+    not put the model in eval mode or channels-last when constructed.
 
     Examples:
         >>> e = Explainer.from_checkpoint()          # the shipped model
@@ -173,14 +214,14 @@ class Explainer:
     """
 
     def __init__(self, model: nn.Module, ckpt: checkpoint.Checkpoint):
-        self.model, self.ckpt = model, ckpt
+        self.model, self.ckpt, self.bf16 = model, ckpt, False
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None) -> Explainer:
         p = Predictor.from_checkpoint(path)  # the same model set-up as prediction
         return cls(p.model, p.ckpt)
 
-    def maps(self, images: np.ndarray, method: str = "gradcam", target: int = 0,
+    def maps(self, images: np.ndarray, method: str = "gradcam", target: int | None = None,
              occlusion_settings: OcclusionSettings = OcclusionSettings()) -> np.ndarray:
         """(N, S, S) uint8 model inputs -> (N, S, S) float32 maps in [0, 1]."""
         size = self.ckpt.preprocessing.input_size
@@ -197,15 +238,12 @@ class Explainer:
             return occlusion(self.model, self.ckpt, images, target, occlusion_settings)
         return gradcam(self.model, self.ckpt, images, target)
 
-    def iter_explain(self, paths: list[str], method: str = "gradcam", target: int = 0,
+    def iter_explain(self, paths: list[str], method: str = "gradcam", target: int | None = None,
                      batch_size: int = 16, progress: bool = False,
                      occlusion_settings: OcclusionSettings = OcclusionSettings(),
                      ) -> Iterator[Explanation]:
         """One Explanation per path, in order, yielded as soon as computed; an unreadable
         file gets `error` and no map."""
-        if len(self.ckpt.labels) != 2 or target != 0:
-            raise NotImplementedError("probabilities and labels exist for the binary model "
-                                      "only (target 0); use maps() for other targets")
         prep = self.ckpt.preprocessing
         bar = None
         if progress:
@@ -220,11 +258,14 @@ class Explainer:
             chunk = paths[start:start + batch_size]
             arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation)
             maps = self._native_maps(arr, method, target, occlusion_settings)
-            with _eval_mode(self.model, grad=False):  # predict_arrays leaves it in eval mode
-                probs = predict_arrays(self.model, self.ckpt, arr)
-            found = dict(zip(ok, zip(maps, probs)))
+            with _eval_mode(self.model, grad=False):  # predict_logits leaves it in eval mode
+                logits = self.logits(arr)
+            scores = zip(maps, probabilities_from_logits(logits, self.ckpt),
+                         class_probabilities(logits, self.ckpt))
+            found = dict(zip(ok, scores))
             for j, path in enumerate(chunk):
-                yield self._one(path, method, errors.get(j), *found.get(j, (None, None)))
+                yield self._one(path, method, target, errors.get(j),
+                                *found.get(j, (None, None, None)))
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -233,9 +274,9 @@ class Explainer:
     def explain(self, paths: list[str], method: str = "gradcam", **kwargs) -> list[Explanation]:
         return list(self.iter_explain(paths, method, **kwargs))
 
-    def _one(self, path: str, method: str, error: str | None, heatmap, probability
-             ) -> Explanation:
-        e = Explanation(str(path), method)
+    def _one(self, path: str, method: str, target: int | None, error: str | None, heatmap,
+             probability, class_probs) -> Explanation:
+        e = Explanation(str(path), method, target)
         if error is not None:
             e.error = (f"{path}: folder holds no image files" if Path(path).is_dir() else error)
             return e
@@ -247,7 +288,9 @@ class Explainer:
         height, width = e.image.shape
         e.heatmap = resize_map(heatmap, width, height)
         e.probability = float(probability)
-        e.label = self.ckpt.labels[int(probability >= self.ckpt.threshold)]
+        e.label = self.label_of(probability)
+        e.class_probabilities = dict(zip(self.ckpt.labels, map(float, class_probs)))
+        e.etiology = self.etiology_of(class_probs)
         return e
 
 
@@ -273,8 +316,10 @@ def render(e: Explanation, threshold: float, out: Path, width_in: float = 5.0,
     ax.imshow(e.heatmap, cmap=cmap, vmin=0, vmax=1, alpha=0.55 * e.heatmap,
               interpolation="antialiased")
     ax.set_axis_off()
+    classes = ("" if e.etiology is None else "likelier etiology " + e.etiology + ": " + ", ".join(
+        f"{k} {v:.3f}" for k, v in e.class_probabilities.items()) + "\n")
     ax.set_title(f"{e.label}: p(pneumonia) = {e.probability:.3f} (threshold {threshold:.3f})\n"
-                 f"{_TITLES[e.method]} · {Path(e.path).name}", fontsize=9)
+                 f"{classes}{_TITLES[e.method]} · {Path(e.path).name}", fontsize=9)
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, fraction=0.04, pad=0.02)
     bar.set_label("relative importance", fontsize=8)
     bar.ax.tick_params(labelsize=7)

@@ -3,7 +3,9 @@
 The graph takes the uint8 gray batch (B, 1, S, S) that `transforms.load_gray` produces and does
 the normalisation inside (the same `to_model_input` that training and prediction use), so an
 ONNX caller cannot drift from the checkpoint's preprocessing. It has two outputs:
-`logit` (B, 1) and `features` (B, C, h, w), the registry's Grad-CAM target layer, so a CAM
+`logit` (B, 1) for a binary model or (B, K) class logits in the order of the metadata's
+`labels` for a K-class one (metadata `pneumoscan.output` says which and how to get
+probabilities), and `features` (B, C, h, w), the registry's Grad-CAM target layer, so a CAM
 heatmap needs no PyTorch: cam = relu(sum_c w_c * features[:, c]) with w the classifier
 weights stored in the metadata under `pneumoscan.cam_weights` (timm models).
 """
@@ -61,6 +63,17 @@ def cam_weights(model: nn.Module) -> dict | None:
             "pooling": "global average of `features`, then weight @ pooled + bias = logit"}
 
 
+def output_contract(ckpt: checkpoint.Checkpoint) -> str:
+    """What the `logit` output holds and how predict.class_probabilities reads it."""
+    t = float(ckpt.extra.get("temperature", 1.0))
+    if len(ckpt.labels) == 2:
+        return (f"logit (B, 1): the {ckpt.labels[1]} logit; p = sigmoid(logit / T), T = {t!r}; "
+                f"{ckpt.labels[1]} when p >= threshold")
+    return (f"logit (B, {len(ckpt.labels)}): class logits in the order of labels "
+            f"{json.dumps(ckpt.labels)}; p = softmax(logit / T), T = {t!r}; pneumonia "
+            f"probability 1 - p[NORMAL], PNEUMONIA when it is >= threshold")
+
+
 def metadata(ckpt: checkpoint.Checkpoint, model: nn.Module, extra: dict) -> dict[str, str]:
     """ONNX metadata_props: the whole checkpoint contract as JSON, plus its main keys."""
     contract = ckpt.to_json()
@@ -68,6 +81,7 @@ def metadata(ckpt: checkpoint.Checkpoint, model: nn.Module, extra: dict) -> dict
              "labels": json.dumps(ckpt.labels), "threshold": repr(ckpt.threshold),
              "preprocessing": json.dumps(ckpt.preprocessing.to_dict()),
              "pneumoscan.input": "uint8 gray (B, 1, S, S); normalisation is inside the graph",
+             "pneumoscan.output": output_contract(ckpt),
              "pneumoscan.export": json.dumps(extra)}
     cam = cam_weights(model)
     if cam is not None:
@@ -127,7 +141,8 @@ def onnx_outputs(session, images: np.ndarray, batch_size: int = 32,
 
 def onnx_logits(path: str | Path, images: np.ndarray, batch_size: int = 32,
                 session=None) -> np.ndarray:
-    """(N, S, S) uint8 -> (N,) or (N, K) logits from an exported graph."""
+    """(N, S, S) uint8 -> (N,) binary or (N, K) class logits from an exported graph (shaped
+    as predict.head_output shapes the torch model's output)."""
     import onnxruntime as ort
 
     sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -137,14 +152,18 @@ def onnx_logits(path: str | Path, images: np.ndarray, batch_size: int = 32,
 @torch.inference_mode()
 def parity(path: Path, model: nn.Module, ckpt: checkpoint.Checkpoint,
            images: np.ndarray) -> dict:
-    """Max |probability difference| and label flips at the stored threshold, ONNX vs torch."""
-    from .predict import predict_logits, probabilities_from_logits
+    """ONNX vs torch: max |pneumonia probability difference|, label flips at the stored
+    threshold, and max |difference| of each class's probability (every label)."""
+    from .predict import class_probabilities, predict_logits, probabilities_from_logits
 
-    p_ref = probabilities_from_logits(predict_logits(model, ckpt, images), ckpt)
-    p_onnx = probabilities_from_logits(onnx_logits(path, images), ckpt)
+    z_ref, z_onnx = predict_logits(model, ckpt, images), onnx_logits(path, images)
+    p_ref = probabilities_from_logits(z_ref, ckpt)
+    p_onnx = probabilities_from_logits(z_onnx, ckpt)
     flips = int(((p_ref >= ckpt.threshold) != (p_onnx >= ckpt.threshold)).sum())
+    per_class = np.abs(class_probabilities(z_ref, ckpt) - class_probabilities(z_onnx, ckpt))
     return {"n": int(len(images)), "max_abs_prob_diff": float(np.abs(p_ref - p_onnx).max()),
-            "label_flips": flips}
+            "label_flips": flips,
+            "max_abs_class_prob_diff": dict(zip(ckpt.labels, map(float, per_class.max(axis=0))))}
 
 
 class _Calibration:
@@ -211,10 +230,11 @@ def export_model(model: nn.Module, ckpt: checkpoint.Checkpoint, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     _export_graph(model, ckpt, out)
     check = parity(out, model, ckpt, parity_images)
-    if not check["max_abs_prob_diff"] <= PARITY_TOLERANCE:
+    worst = max(check["max_abs_prob_diff"], *check["max_abs_class_prob_diff"].values())
+    if not worst <= PARITY_TOLERANCE:
         out.unlink(missing_ok=True)
-        raise ExportError(f"{out}: ONNX differs from PyTorch by {check['max_abs_prob_diff']:.2e}"
-                          f" in probability (tolerance {PARITY_TOLERANCE}); file removed")
+        raise ExportError(f"{out}: ONNX differs from PyTorch by {worst:.2e} in probability "
+                          f"(tolerance {PARITY_TOLERANCE}, every class checked); file removed")
     _set_metadata(out, metadata(ckpt, model, {"dtype": "float32", "parity": check}))
     return {"fp32": {"path": str(out), **check}}
 

@@ -313,3 +313,84 @@ def fit_temperature_multiclass(y_true: np.ndarray, logits: np.ndarray) -> float:
     res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
                           options={"xatol": 1e-6})
     return float(np.exp(res.x))
+
+
+MULTICLASS_CI_KEYS = ("class_accuracy", "macro_auroc", "bacterial_vs_viral_accuracy")
+
+
+def weighted_multiclass(y_true: np.ndarray, probs: np.ndarray, score_ranks: list[np.ndarray],
+                        w: np.ndarray, negative: int = 0) -> np.ndarray:
+    """MULTICLASS_CI_KEYS, then each class's recall, then each class's precision, of a
+    sample in which image i appears w[i] times (argmax decisions, as multiclass_metrics).
+
+    y_true (N,) class indices, probs (N, K), score_ranks[k] (N,) dense rank of probs[:, k],
+    w (N,) counts, negative the index of NORMAL. Per class this is weighted_metrics one
+    class against the rest (its sensitivity is the recall, its PPV the precision).
+    """
+    k = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    per = np.array([weighted_metrics((y_true == c).astype(int), pred == c, score_ranks[c], w)
+                    for c in range(k)])
+    aucs = per[:, HEADLINE_KEYS.index("auroc")]
+    sub = [c for c in range(k) if c != negative]
+    sick = w * (y_true != negative)
+    sub_right = np.asarray(sub)[probs[:, sub].argmax(axis=1)] == y_true
+    head = [(w * (pred == y_true)).sum() / w.sum(),
+            aucs[~np.isnan(aucs)].mean() if (~np.isnan(aucs)).any() else np.nan,
+            (sick * sub_right).sum() / sick.sum()]
+    return np.concatenate([head, per[:, HEADLINE_KEYS.index("sensitivity")],
+                           per[:, HEADLINE_KEYS.index("ppv")]])
+
+
+def multiclass_bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, labels,
+                            groups: np.ndarray | None = None, n_resamples: int = 2000,
+                            seed: int = 0, level: float = 0.95, negative: str = "NORMAL"
+                            ) -> dict:
+    """Percentile bootstrap intervals of a K-class model's argmax metrics, resampling whole
+    groups (patients) exactly as bootstrap_ci does (same seed, same draws).
+
+    Args:
+        y_true: (N,) int class indices into `labels`. probs: (N, K) class probabilities.
+        groups: (N,) patient per image; None = every image its own group.
+
+    Returns:
+        {key: {"value", "low", "high"}} for MULTICLASS_CI_KEYS, "per_class": {label:
+        {"recall": {...}, "precision": {...}}}, plus "n_resamples" and "n_groups". Values are
+        those of multiclass_metrics.
+
+    Examples:
+        >>> y = np.array([0, 1, 2] * 20); p = np.eye(3)[y] * 0.5 + 0.5 / 3
+        >>> multiclass_bootstrap_ci(y, p, ["NORMAL", "BACTERIAL", "VIRAL"], n_resamples=50
+        ...                         )["class_accuracy"]["low"]
+        1.0
+    """
+    y_true, probs = np.asarray(y_true).astype(int), np.asarray(probs, dtype=np.float64)
+    labels = list(labels)
+    groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
+    _, gid = np.unique(groups, return_inverse=True)
+    ranks = [np.unique(probs[:, c], return_inverse=True)[1] for c in range(len(labels))]
+    n_groups = int(gid.max()) + 1
+    rng = np.random.default_rng(seed)
+    draws = []
+    with np.errstate(invalid="ignore", divide="ignore"):  # undefined draws become NaN
+        for _ in range(n_resamples):
+            drawn = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+            draws.append(weighted_multiclass(y_true, probs, ranks, drawn[gid],
+                                             labels.index(negative)))
+    draws = np.array(draws)
+    point = multiclass_metrics(y_true, probs, labels, negative)
+    values = [point[key] for key in MULTICLASS_CI_KEYS]
+    values += [point["per_class"][name]["recall"] for name in labels]
+    values += [point["per_class"][name]["precision"] for name in labels]
+    alpha = (1 - level) / 2
+    cis = []
+    for j, value in enumerate(values):
+        col = draws[:, j][~np.isnan(draws[:, j])]
+        low, high = np.quantile(col, [alpha, 1 - alpha]) if len(col) else (np.nan, np.nan)
+        cis.append({"value": value, "low": float(low), "high": float(high)})
+    k = len(labels)
+    out: dict = dict(zip(MULTICLASS_CI_KEYS, cis))
+    out["per_class"] = {name: {"recall": cis[3 + c], "precision": cis[3 + k + c]}
+                        for c, name in enumerate(labels)}
+    out["n_resamples"], out["n_groups"] = n_resamples, n_groups
+    return out

@@ -35,6 +35,61 @@ def _ci(m: dict, key: str) -> str:
     return f"{c['value']:.3f} (95% CI {c['low']:.3f}-{c['high']:.3f})"
 
 
+def _interval(c: dict) -> str:
+    return f"{c['value']:.3f} (95% CI {c['low']:.3f}-{c['high']:.3f})"
+
+
+def _output(ckpt: checkpoint.Checkpoint, temperature: float, threshold: float) -> str:
+    if len(ckpt.labels) == 2:
+        return (f"a pneumonia probability, temperature-scaled (T = {temperature:.4f}), and a "
+                f"label at the stored threshold {threshold:.4f}")
+    return (f"the probability of each of {', '.join(ckpt.labels)} (softmax, temperature-scaled,"
+            f" T = {temperature:.4f}); the pneumonia probability 1 - P(NORMAL) and a label at "
+            f"the stored threshold {threshold:.4f}; and the likelier etiology (the more "
+            f"probable non-NORMAL class)")
+
+
+def _multiclass(m: dict, ckpt: checkpoint.Checkpoint) -> str:
+    """A K-class checkpoint's labels and its K-class figures, validation then evaluation."""
+    if len(ckpt.labels) == 2 or not m.get("multiclass"):
+        return ""
+    mc, val, split = m["multiclass"], ckpt.val_metrics, m["headline"]["split"]
+    ci = mc["ci"]
+    names = mc["confusion_labels"]
+
+    def v(key):
+        return f"{val[key]:.3f}" if isinstance(val.get(key), float) else "not recorded"
+
+    per = "\n".join(f"| {n} | {mc['per_class'][n]['n']} | {_interval(ci['per_class'][n]['recall'])}"
+                    f" | {_interval(ci['per_class'][n]['precision'])} |" for n in names)
+    confusion = "\n".join(f"| {t} | " + " | ".join(map(str, row)) + " |"
+                          for t, row in zip(names, mc["confusion"]))
+    return f"""
+### {len(names)} classes ({', '.join(names)})
+
+Each image's class is the most probable label (argmax); the figures above are the pneumonia
+decision (1 - P(NORMAL) at the stored threshold). Validation (the split the model was selected
+on): accuracy {v('class_accuracy')}, macro AUROC {v('macro_auroc')}, bacterial vs viral accuracy
+{v('bacterial_vs_viral_accuracy')}. On {split} (same patient bootstrap):
+
+| metric | value |
+|---|---|
+| {len(names)}-class accuracy | {_interval(ci['class_accuracy'])} |
+| macro AUROC (one vs rest) | {_interval(ci['macro_auroc'])} |
+| bacterial vs viral accuracy (true pneumonias) | {_interval(ci['bacterial_vs_viral_accuracy'])} |
+
+| class | images | recall | precision |
+|---|---|---|---|
+{per}
+
+Confusion matrix (rows truth, columns argmax prediction):
+
+| | {' | '.join(names)} |
+|---|{'---|' * len(names)}
+{confusion}
+"""
+
+
 def render_card(m: dict, ckpt: checkpoint.Checkpoint) -> str:
     h, prov, cal, err = m["headline"], m["provenance"], m["calibration"], m["errors"]
     cfg, val, prep = ckpt.config, ckpt.val_metrics, ckpt.preprocessing
@@ -51,6 +106,9 @@ def render_card(m: dict, ckpt: checkpoint.Checkpoint) -> str:
     fp_line = (f"{h['fp']} of {h['fp'] + h['tn']} normal children are flagged (specificity "
                f"{_ci(m, 'specificity')}); the most confident false alarm scores "
                f"{max(fp_probs):.3f}." if fp_probs else "No false positives on this split.")
+    etiology_use = ("does not distinguish bacterial from viral pneumonia" if len(ckpt.labels) == 2
+                    else "gives a likelier etiology (bacterial or viral) that is no diagnosis "
+                         "of the cause either")
     val_spec = val.get("specificity")
     shift = (f" Validation specificity is {val_spec:.3f} against {h['specificity']:.3f} on "
              f"{split}: the {split} split is shifted from the training distribution, so "
@@ -69,14 +127,14 @@ checkpoint's `model.json`.
   {prep.channels} channels, normalised (x - {prep.mean}) / {prep.std}.
 - Checkpoint: `{prov['model']}`; weights sha256 `{prov['weights_sha256']}`; trained at git
   `{prov['trained_at_git_sha']}`; pneumoscan {prov['package_version']}.
-- Output: a pneumonia probability, temperature-scaled (T = {prov['temperature']:.4f}), and a label
-  at the stored threshold {h['threshold']:.4f}.
+- Labels: {', '.join(ckpt.labels)}.
+- Output: {_output(ckpt, prov['temperature'], h['threshold'])}.
 
 ## Intended use
 
 A **screening aid** for research on pediatric (ages 1-5) anterior-posterior chest X-rays: it
 flags images that may show pneumonia so that a qualified reader looks at them first. It is
-**not a diagnosis**, does not distinguish bacterial from viral pneumonia, and is not validated
+**not a diagnosis**, {etiology_use}, and is not validated
 for adults, lateral views, other hospitals, scanners or populations.
 
 ## Training data and known biases
@@ -102,7 +160,7 @@ for adults, lateral views, other hospitals, scanners or populations.
 Confusion at the stored threshold: TP {h['tp']}, FP {h['fp']}, TN {h['tn']}, FN {h['fn']}.
 Calibration: ECE (15 bins) {cal['ece_before']:.4f} before and {cal['ece_after']:.4f} after
 temperature scaling (T = {cal['temperature']:.4f}, fitted on validation).
-
+{_multiclass(m, ckpt)}
 ## Operating point and how it was chosen
 
 The stored threshold follows the rule "{prov.get('threshold_rule') or 'not recorded'}", applied

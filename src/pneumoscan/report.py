@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,20 +20,24 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint, plots
-from .calibration import probabilities, score_records, temperature_of
+from .calibration import score_records, temperature_of
 from .config import config_from_dict
 from .data import DatasetNotFound, Record, scan, select
 from .metrics import (
     bootstrap_ci,
     expected_calibration_error,
     fit_temperature,
+    fit_temperature_multiclass,
     headline_metrics,
     mean_std,
+    multiclass_bootstrap_ci,
+    multiclass_metrics,
     operating_points,
     reliability_bins,
     require_both_classes,
     wilson_interval,
 )
+from .predict import class_probabilities, probabilities_from_logits
 from .report_html import render
 from .transforms import load_gray
 
@@ -43,19 +47,30 @@ MAX_FN_SHOWN, FP_SHOWN, SAMPLES_SHOWN = 60, 12, 12
 
 @dataclass
 class Scored:
-    """One split scored by one model: kept records, 0/1 targets, raw logits, probabilities."""
+    """One split scored by one model: kept records, 0/1 pneumonia targets, raw logits ((N,)
+    binary, (N, K) K-class), pneumonia probabilities, class indices and (N, K) class
+    probabilities in ckpt.labels order (for a binary model classes == y)."""
 
     records: list[Record]
     y: np.ndarray
     z: np.ndarray
     p: np.ndarray
     skipped: list[str]
+    classes: np.ndarray
+    class_p: np.ndarray
+
+
+def _at_temperature(ckpt, t: float):
+    """The checkpoint as if its temperature were t (display only; nothing is stored)."""
+    return replace(ckpt, extra={**ckpt.extra, "temperature": t})
 
 
 def _score(model, ckpt, records: list[Record], name: str) -> Scored:
-    kept, y, z, skipped = score_records(model, ckpt, records)
+    kept, classes, z, skipped = score_records(model, ckpt, records)
+    y = np.array([r.target for r in kept], dtype=int)  # NORMAL 0 / PNEUMONIA 1
     require_both_classes(y, f"split '{name}'")
-    return Scored(kept, y, z, probabilities(z, temperature_of(ckpt)), skipped)
+    return Scored(kept, y, z, probabilities_from_logits(z, ckpt), skipped, classes,
+                  class_probabilities(z, ckpt))
 
 
 def manifest_sha256(records: list[Record], root: Path) -> str:
@@ -164,7 +179,12 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
     ci = bootstrap_ci(ev.y, ev.p, thr, np.array([r.patient for r in ev.records]),
                       n_resamples, seed)
     # Calibration: the stored temperature, or (display only, not stored) one fitted on val.
-    shown_t = temp if temp != 1.0 else fit_temperature(val.y, val.z)
+    fit = fit_temperature if ev.z.ndim == 1 else fit_temperature_multiclass
+    shown_t = temp if temp != 1.0 else fit(val.classes, val.z)
+
+    def probabilities(z, t):  # the pneumonia probability at temperature t
+        return probabilities_from_logits(z, _at_temperature(ckpt, t))
+
     raw, scaled = probabilities(ev.z, 1.0), probabilities(ev.z, shown_t)
     calibration = {
         "temperature": shown_t, "stored_in_checkpoint": temp != 1.0, "fitted_on": "val",
@@ -183,7 +203,20 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
         "provenance": provenance(ckpt, folder, data_dir, records,
                                  {k: len(v) for k, v in splits.items()}, seed),
     }
+    if len(ckpt.labels) > 2:
+        metrics["labels"] = ckpt.labels
+        metrics["multiclass"] = _multiclass(ev, ckpt.labels, n_resamples, seed)
     return metrics, ev
+
+
+def _multiclass(ev: Scored, labels: list[str], n_resamples: int, seed: int) -> dict:
+    """A K-class model's argmax metrics (as `evaluate`) with their patient-bootstrap intervals
+    (the same resamples as the headline's)."""
+    m = multiclass_metrics(ev.classes, ev.class_p, labels)
+    m["ci"] = multiclass_bootstrap_ci(ev.classes, ev.class_p, labels,
+                                      np.array([r.patient for r in ev.records]), n_resamples,
+                                      seed)
+    return m
 
 
 def write_figures(metrics: dict, ev: Scored, out: Path) -> dict:

@@ -53,6 +53,36 @@ def _headline(m: dict) -> str:
                + escape("; ".join(h["skipped"])) + "</p>" if h["skipped"] else ""))
 
 
+def _interval(c: dict) -> str:
+    return f"{_num(c['low'])} - {_num(c['high'])}"
+
+
+def _multiclass(m: dict) -> str:
+    """A K-class model: argmax accuracy, macro AUROC, bacterial vs viral accuracy, per-class
+    recall / precision (patient-bootstrap intervals) and the K x K confusion matrix."""
+    mc, ci = m["multiclass"], m["multiclass"]["ci"]
+    names = mc["confusion_labels"]
+    overall = [["Accuracy (argmax)", "class_accuracy"], ["Macro AUROC (one vs rest)",
+               "macro_auroc"], ["Bacterial vs viral accuracy", "bacterial_vs_viral_accuracy"]]
+    rows = [[title, _num(ci[key]["value"]), _interval(ci[key])] for title, key in overall]
+    per = [[name, mc["per_class"][name]["n"], _num(ci["per_class"][name]["recall"]["value"]),
+            _interval(ci["per_class"][name]["recall"]),
+            _num(ci["per_class"][name]["precision"]["value"]),
+            _interval(ci["per_class"][name]["precision"]), _num(mc["per_class"][name]["auroc"])]
+           for name in names]
+    confusion = [[f"true {t}", *row] for t, row in zip(names, mc["confusion"])]
+    return (f"<p>The headline above is the pneumonia decision: 1 - P(NORMAL) at the stored "
+            f"threshold. Here each image's class is the most probable of {', '.join(names)} "
+            "(argmax), whatever that decision. Bacterial vs viral accuracy: among the "
+            "true pneumonias, the likelier of the two pneumonia classes. 95% intervals: the "
+            "same patient bootstrap as the headline.</p>"
+            + _table(["metric", "value", "95% CI"], rows)
+            + _table(["class", "images", "recall", "95% CI", "precision", "95% CI",
+                      "AUROC (one vs rest)"], per)
+            + "<p>Confusion matrix (rows: truth, columns: argmax prediction)</p>"
+            + _table(["", *[f"predicted {n}" for n in names]], confusion))
+
+
 def _operating_points(m: dict) -> str:
     rows = [[p["name"] + (" (= stored)" if p["stored"] and p["name"] != "stored threshold"
                           else ""), f"{p['threshold']:.4f}",
@@ -114,8 +144,10 @@ def _model_section(m: dict, figs: dict, title: str) -> str:
                    + _img(figs["training_curves"], "training curves"))
     else:
         curves += "<p class='note'>No history.csv beside this model: no training curves.</p>"
+    classes = (f"<h2 id='multiclass'>{escape(title)}1b. {len(m['labels'])} classes</h2>"
+               + _multiclass(m) if m.get("multiclass") else "")
     return (f"<h2 id='headline'>{escape(title)}1. Headline at the stored threshold</h2>"
-            + _headline(m)
+            + _headline(m) + classes
             + f"<h2 id='operating-points'>{escape(title)}2. Operating points</h2>"
             + _operating_points(m)
             + f"<h2 id='curves'>{escape(title)}3. Curves</h2>" + curves

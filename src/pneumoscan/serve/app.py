@@ -1,5 +1,5 @@
 """FastAPI app factory: the model is loaded once at start-up; inference runs off the event loop
-through the same Predictor.scores path as `pneumoscan predict`, so scores match exactly."""
+through the same Predictor.class_scores path as `pneumoscan predict`, so scores match exactly."""
 
 from __future__ import annotations
 
@@ -76,8 +76,9 @@ class Service:
         # micro-batches on one thread.
         self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                             thread_name_prefix="decode")
-        # Each row: (probability, OOD score or NaN), from one forward pass.
-        self._batcher = MicroBatcher(lambda images: np.column_stack(predictor.scores(images)))
+        # Each row: (probability, OOD score or NaN, each class's probability), from one
+        # forward pass.
+        self._batcher = MicroBatcher(lambda images: _rows(*predictor.class_scores(images)))
         # Grad-CAM gets its own copy of the model, made on first use: captum's temporary
         # hooks must never fire on the batcher's forward passes. One heatmap at a time.
         self._explainer = None
@@ -90,7 +91,8 @@ class Service:
         return await asyncio.wrap_future(job)
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 -> (N, 2): probability and OOD score (NaN without a gate)."""
+        """(N, S, S) uint8 -> (N, 2 + K): probability, OOD score (NaN without a gate) and the
+        probability of each of the checkpoint's K labels."""
         return await self._batcher.score(images)
 
     def close(self) -> None:
@@ -103,7 +105,10 @@ class Service:
         flagged = None if np.isnan(score) else flag(score, self.ckpt)
         warnings = ["out of distribution: this image does not look like the chest X-rays the "
                     "model was trained on; the probability is unreliable"] if flagged else []
+        classes = row[2:]
         return {"probability": probability, "label": self.predictor.label_of(probability),
+                "class_probabilities": dict(zip(self.ckpt.labels, map(float, classes))),
+                "etiology": self.predictor.etiology_of(classes),
                 "threshold": self.predictor.threshold, "model": self.model_info,
                 "ood": {"flagged": flagged, "score": None if np.isnan(score) else score,
                         "threshold": gate["threshold"] if gate else None},
@@ -145,6 +150,11 @@ class Service:
             for i, p in zip(ok, await self.probabilities(np.stack(images))):
                 results[i].update(status=200, error=None, **self.result(p))
         return results
+
+
+def _rows(probabilities: np.ndarray, class_probs: np.ndarray, ood_scores: np.ndarray
+          ) -> np.ndarray:
+    return np.column_stack([probabilities, ood_scores, class_probs])
 
 
 async def _read_files(request: Request, settings: Settings, fields: tuple[str, ...],
@@ -232,7 +242,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/v1/predict", openapi_extra=upload_doc)
     async def predict(request: Request, explain: bool = False):
-        """Score one X-ray (multipart field `file`): probability, label, threshold, model."""
+        """Score one X-ray (multipart field `file`): probability, label, class probabilities,
+        etiology (K-class models; null for a binary one), threshold, model."""
         start, s = time.perf_counter(), service_of(request)
         files = await _read_files(request, settings, ("file",), max_files=1)
         if not files:

@@ -20,6 +20,13 @@ function showResult(file, r) {
   $("label").className = "label " + r.label;
   $("probability").textContent = r.probability.toFixed(4);
   $("probability").dataset.value = String(r.probability);
+  // A three-class (etiology) model also says which kind of pneumonia is likelier.
+  $("etiology-line").hidden = r.etiology == null;
+  if (r.etiology != null) {
+    $("etiology").textContent = r.etiology;
+    $("class-probabilities").textContent = "(" + Object.entries(r.class_probabilities)
+      .map(([name, p]) => `${name} ${p.toFixed(3)}`).join(", ") + ")";
+  }
   $("fill").style.width = (100 * r.probability).toFixed(1) + "%";
   $("threshold-marker").style.left = (100 * r.threshold).toFixed(1) + "%";
   $("threshold").textContent = r.threshold.toFixed(4);
