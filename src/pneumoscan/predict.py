@@ -105,17 +105,26 @@ class Predictor:
         ['NORMAL']
     """
 
-    def __init__(self, model: nn.Module, ckpt: checkpoint.Checkpoint, bf16: bool = False):
+    tta = False  # runtimes that subclass without calling __init__ (ONNX) never augment
+
+    def __init__(self, model: nn.Module, ckpt: checkpoint.Checkpoint, bf16: bool = False,
+                 tta: bool = False):
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.ckpt = ckpt
         # bf16 autocast is ~2x faster on AVX-512 BF16 CPUs but not the default: on the test
         # split it moved probabilities by up to 0.047 and flipped 3 of 624 labels (README).
         self.bf16 = bf16
+        self.tta = tta  # average over tta.VIEWS; the stored threshold was chosen without it
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, bf16: bool = False,
-                        allow_pickle: bool = False) -> Predictor:
-        return cls(*checkpoint.load(path, allow_pickle=allow_pickle), bf16=bf16)
+                        allow_pickle: bool = False, tta: bool = False) -> Predictor:
+        """A run folder (or its model.json), or an ensemble folder (ensemble.json)."""
+        from . import ensemble
+
+        if ensemble.is_ensemble(path):
+            return ensemble.EnsemblePredictor.from_folder(path, bf16=bf16, tta=tta)
+        return cls(*checkpoint.load(path, allow_pickle=allow_pickle), bf16=bf16, tta=tta)
 
     @property
     def threshold(self) -> float:
@@ -127,6 +136,10 @@ class Predictor:
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, S, S) uint8 -> (N,) probabilities; runtimes other than torch override this."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            if self.tta:
+                from . import tta
+
+                return tta.probabilities(self.model, self.ckpt, images, batch_size=batch_size)
             return predict_arrays(self.model, self.ckpt, images, batch_size)
 
     def scores(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +150,14 @@ class Predictor:
             return probs, np.full(len(probs), np.nan)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             logits, feats = ood.logits_and_features(self.model, self.ckpt, images, batch_size)
-        return (probabilities_from_logits(logits, self.ckpt),
-                ood.scores(feats, self.ckpt.ood_stats))
+            if self.tta:
+                from . import tta
+
+                probs = tta.probabilities(self.model, self.ckpt, images, batch_size=batch_size,
+                                          identity_logits=logits)
+            else:
+                probs = probabilities_from_logits(logits, self.ckpt)
+        return probs, ood.scores(feats, self.ckpt.ood_stats)
 
     def predict(self, paths: list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per path, in order; an unreadable file gets `error` and no score."""
