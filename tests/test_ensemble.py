@@ -135,7 +135,8 @@ def test_cli_predict_evaluate_serve_take_an_ensemble_folder(tiny_seeds, small_da
         with open(paths[0], "rb") as f:
             r = client.post("/v1/predict?explain=true", files={"file": ("x.jpeg", f)})
     assert r.status_code == 200
-    assert r.json()["probability"] == pytest.approx(p[0], abs=1e-9)
+    # one image per forward pass here vs three above: float noise only (cf. test_predict)
+    assert r.json()["probability"] == pytest.approx(p[0], abs=1e-5)
     assert r.json()["heatmap_png"] is None  # no Grad-CAM of an ensemble
 
 
