@@ -93,3 +93,16 @@ def etiology_run(small_data, tmp_path_factory):
     cfg = load_config(None, ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2",
                              "precision=32-true", "task=etiology"])
     return fit(cfg, small_data, tmp_path_factory.mktemp("etiology") / "run")
+
+
+def tiny_seeds(small_data_with_bad_file, tmp_path_factory) -> Path:
+    """`pneumoscan train seeds=0,1` with tiny_run's settings: DIR/seed-0, DIR/seed-1 (one
+    train/val split) and the ensemble DIR/ensemble built from them."""
+    from pneumoscan.cli import main
+
+    out = tmp_path_factory.mktemp("seeds") / "tiny"
+    code = main(["train", "--data", str(small_data_with_bad_file), "--out", str(out),
+                 "seeds=0,1", "image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2",
+                 "precision=32-true"])
+    assert code == 0
+    return out

@@ -137,7 +137,7 @@ def evaluate_adapted(model_path: str | Path | None, data_dir: str | Path, split:
     all_records = load_records(data_dir)
     model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)
     cfg = config_from_dict(ckpt.config)
-    records = select(all_records, split, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    records = select(all_records, split, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
     if not records:
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     prep = ckpt.preprocessing

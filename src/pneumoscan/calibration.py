@@ -123,7 +123,7 @@ def calibrate(model_path: str | Path | None, data_dir: str | Path) -> dict:
     folder = checkpoint.resolve(model_path)
     model, ckpt = checkpoint.load(folder)
     cfg = config_from_dict(ckpt.config)
-    val = select(scan(data_dir), "val", cfg.val_fraction, cfg.seed,
+    val = select(scan(data_dir), "val", cfg.val_fraction, cfg.data_seed,
                  cfg.limit_per_class)
     _, y_val, z_val, _ = score_records(model, ckpt, val)
     summary = calibrate_checkpoint(ckpt, y_val, z_val)

@@ -27,10 +27,17 @@ def _manifest_arg(p: argparse.ArgumentParser) -> None:
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="run folder or its model.json (default: the shipped model)")
+                   help="run folder or its model.json, or an ensemble folder (default: the "
+                        "shipped model)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept a .pt/.ckpt pickle as --model, read weights-only (trusted "
                         "files only; model.json beside it still gives the contract)")
+
+
+def _tta_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average over small shifts and zooms "
+                        "(7 passes; the stored threshold was chosen without it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,14 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<time>-<model>)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue a killed run from RUN/lightning/last.ckpt with its config")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides; seeds=0,1,2 trains one run per seed into "
+                        "OUT/seed-N (sharing one train/val split) and builds OUT/ensemble")
 
     p = sub.add_parser("evaluate", help="metrics on a split at the stored threshold")
     _data_arg(p)
     _manifest_arg(p)
     p.add_argument("--model", action="append", default=None,
-                   help="run folder or its model.json (default: the shipped model); repeat "
-                        "for several models (seeds): each is reported, then mean and std")
+                   help="run folder or its model.json, or an ensemble folder (default: the "
+                        "shipped model); repeat for several models (seeds): each is "
+                        "reported, then mean and std")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept a .pt/.ckpt pickle as --model, read weights-only")
     p.add_argument("--split", default="test",
@@ -74,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", choices=("bn", "em", "bn+em"), default=None,
                    help="site adaptation to the split's own unlabelled images (BatchNorm "
                         "statistics, EM prior shift, or both); unadapted figures beside")
+    _tta_arg(p)
+
+    p = sub.add_parser("ensemble", help="average several runs; writes OUT/ensemble.json with "
+                                        "a threshold chosen on val")
+    _data_arg(p)
+    p.add_argument("--model", nargs="+", required=True, metavar="RUN",
+                   help="member run folders (same labels and input size)")
+    p.add_argument("--out", required=True, help="ensemble folder to write")
+    p.add_argument("--tta", action="store_true",
+                   help="members average over test-time augmentations (also when choosing "
+                        "the threshold)")
+    p.add_argument("--threshold-split", choices=("val", "val-official"), default="val",
+                   help="where the threshold is chosen: the carved val split the members "
+                        "share (default), or the official val folder (members on different "
+                        "splits)")
 
     p = sub.add_parser("calibrate", help="fit the temperature on val; rewrites only model.json")
     _data_arg(p)
@@ -107,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in $PNEUMOSCAN_CACHE (~/.cache/pneumoscan), else torch; or force one")
     p.add_argument("--onnx", default=None,
                    help="use this exported .onnx file as it is (from 'pneumoscan export')")
+    _tta_arg(p)
 
     p = sub.add_parser("explain", help="heatmap overlays (Grad-CAM or occlusion) per image")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
@@ -167,7 +193,11 @@ def cmd_train(args) -> int:
             return USAGE_ERROR
         run = fit(run_config(args.resume), _data_dir(args), args.resume, resume_run=True)
     else:
-        cfg = load_config(args.config, args.overrides)
+        seeds = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "seeds"]
+        overrides = [o for o in args.overrides if o.split("=", 1)[0] != "seeds"]
+        cfg = load_config(args.config, overrides)
+        if seeds:
+            return _train_seeds(args, cfg, seeds[-1])
         run = fit(cfg, _data_dir(args), args.out)
     m = run.val_metrics
     if m:
@@ -180,6 +210,20 @@ def cmd_train(args) -> int:
                   f"{m['bacterial_vs_viral_accuracy']:.4f}")
     if run.skipped:
         print(f"{len(run.skipped)} unreadable images skipped, listed in {run.dir}/skipped.txt")
+    return 0
+
+
+def _train_seeds(args, cfg, seeds: str) -> int:
+    from .ensemble import parse_seeds, train_seeds
+
+    out = args.out or f"{cfg.out_dir}/seeds-{seeds.replace(',', '-')}-{cfg.model}"
+    runs, path = train_seeds(cfg, parse_seeds(seeds), _data_dir(args), out)
+    for r in runs:
+        print(f"run folder: {r.dir}; val AUROC {r.val_metrics['auroc']:.4f}")
+    m = json.loads(path.read_text())["val_metrics"]
+    print(f"ensemble: {path.parent}; val AUROC {m['auroc']:.4f}, threshold "
+          f"{m['threshold']:.4f} (sensitivity {m['sensitivity']:.3f}, specificity "
+          f"{m['specificity']:.3f})")
     return 0
 
 
@@ -206,7 +250,8 @@ def cmd_evaluate(args) -> int:
         return _evaluate_report(args, models)
     from .evaluate import evaluate
 
-    result = evaluate(models[0], _data_dir(args), args.split, allow_pickle=args.allow_pickle)
+    result = evaluate(models[0], _data_dir(args), args.split, allow_pickle=args.allow_pickle,
+                      tta=args.tta)
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -268,13 +313,16 @@ def _evaluate_report(args, models: list) -> int:
     from .metrics import MetricError, mean_std
     from .report import write_report
 
+    if args.report and args.tta:
+        print("pneumoscan evaluate: --report does not support --tta yet", file=sys.stderr)
+        return USAGE_ERROR
     try:
         if args.report:
             result = write_report(models, _data_dir(args), args.split, args.report,
                                   args.resamples, args.seed)
             rows = [m["headline"] for m in result.get("models", [result])]
         else:
-            rows = [evaluate(m, _data_dir(args), args.split) for m in models]
+            rows = [evaluate(m, _data_dir(args), args.split, tta=args.tta) for m in models]
             result = {"models": rows, "across_models": mean_std(rows)}
     except MetricError as e:
         print(f"pneumoscan evaluate: {e}", file=sys.stderr)
@@ -292,6 +340,18 @@ def _evaluate_report(args, models: list) -> int:
         if args.report:
             print(f"report: {args.report}/report.html (and metrics.json, PNGs)")
     return SOME_FAILED if any(r["skipped"] for r in rows) else 0
+
+
+def cmd_ensemble(args) -> int:
+    from .ensemble import build
+
+    path = build(args.model, args.out, _data_dir(args), tta=args.tta,
+                 threshold_split=args.threshold_split)
+    m = json.loads(path.read_text())["val_metrics"]
+    print(f"ensemble: {path}; {args.threshold_split} ({m['n']} images) AUROC {m['auroc']:.4f}, "
+          f"threshold {m['threshold']:.4f} (sensitivity {m['sensitivity']:.3f}, specificity "
+          f"{m['specificity']:.3f})")
+    return 0
 
 
 def cmd_calibrate(args) -> int:
@@ -330,10 +390,10 @@ def cmd_predict(args) -> int:
         print("pneumoscan predict: give at least one image or folder", file=sys.stderr)
         return USAGE_ERROR
     predictor = make_predictor(args.model, args.runtime, paths, args.onnx, bf16=args.bf16,
-                               allow_pickle=args.allow_pickle)
+                               allow_pickle=args.allow_pickle, tta=args.tta)
     if args.explain and predictor.model is None:
-        print("pneumoscan predict: --explain needs the model's weights (--model), not only "
-              "an --onnx file", file=sys.stderr)
+        print("pneumoscan predict: --explain needs one model's weights (not an ensemble or "
+              "only an --onnx file); explain a member run instead", file=sys.stderr)
         return USAGE_ERROR
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error", "ood", "ood_score"]
@@ -430,15 +490,18 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     from .checkpoint import resolve
+    from .ensemble import is_ensemble
     from .serve.app import Settings, serve
 
-    resolve(args.model)  # a missing model is a usage error now, not a failed start-up later
+    if not is_ensemble(args.model):
+        resolve(args.model)  # a missing model is a usage error now, not a failed start-up
     serve(Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
                    max_upload_bytes=int(args.max_upload_mb * 2**20)))
     return 0
 
 
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
+            "ensemble": cmd_ensemble,
             "predict": cmd_predict, "calibrate": cmd_calibrate,
             "fit-ood": cmd_fit_ood, "model-card": cmd_model_card,
             "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}

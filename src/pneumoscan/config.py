@@ -18,6 +18,7 @@ class TrainConfig:
     image_size: int = 224
     val_fraction: float = 0.1
     seed: int = 42
+    split_seed: int = -1
     epochs: int = 5
     patience: int = 3
     batch_size: int = 32
@@ -48,6 +49,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/val split: split_seed, or seed when that is negative."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
 
 class ConfigError(ValueError):

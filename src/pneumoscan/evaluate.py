@@ -4,40 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from . import checkpoint
 from .config import config_from_dict
 from .data import DatasetNotFound, class_index, load_records, select
 from .metrics import headline_metrics, multiclass_metrics
-from .predict import class_probabilities, predict_logits, probabilities_from_logits
+from .predict import Predictor
 from .transforms import load_many
 
 
 def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
-             allow_pickle: bool = False) -> dict:
+             allow_pickle: bool = False, tta: bool = False) -> dict:
     """Score every image of `split` and compute metrics at the checkpoint's threshold.
 
     The carved `val` split is rebuilt from the seed and fraction stored in the checkpoint.
     Unreadable images are listed under `skipped`, not scored. A K-class (etiology) model
     reports the binary metrics of its pneumonia probability 1 - P(NORMAL) exactly as a
     binary model does, plus `multiclass` (metrics.multiclass_metrics on the argmax).
+    `model_path` may be an ensemble folder; `tta` averages over test-time augmentations.
     """
     all_records = load_records(data_dir)  # a missing dataset is reported before the model loads
-    model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)
-    model = model.to(memory_format=torch.channels_last)
+    predictor = Predictor.from_checkpoint(model_path, allow_pickle=allow_pickle, tta=tta)
+    ckpt = predictor.ckpt
     cfg = config_from_dict(ckpt.config)
-    records = select(all_records, split, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    records = select(all_records, split, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
     if not records:
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     prep = ckpt.preprocessing
     images, ok, errors = load_many([r.path for r in records], prep.input_size,
                                    prep.interpolation)
     targets = [records[i].target for i in ok]
-    logits = predict_logits(model, ckpt, images)
-    probs = probabilities_from_logits(logits, ckpt)
+    probs, class_probs, _ = predictor.class_scores(images)
     result = headline_metrics(targets, probs, ckpt.threshold)
-    result.update({"split": split, "model": ckpt.extra.get("path"),
+    result.update({"split": split, "model": ckpt.extra.get("path"), "tta": predictor.tta,
                    "skipped": list(errors.values())})
     if len(ckpt.labels) > 2:
         result["labels"] = ckpt.labels
@@ -48,5 +45,5 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
             result["multiclass_unavailable"] = str(e)
         else:
             result["multiclass"] = multiclass_metrics(
-                classes, class_probabilities(logits, ckpt), ckpt.labels)
+                classes, class_probs, ckpt.labels)
     return result

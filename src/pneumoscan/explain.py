@@ -219,6 +219,10 @@ class Explainer(Predictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None) -> Explainer:
         p = Predictor.from_checkpoint(path)  # the same model set-up as prediction
+        if p.model is None:
+            raise checkpoint.CheckpointError(
+                f"{path}: an ensemble has no single Grad-CAM target layer; explain one of "
+                f"its member runs instead")
         return cls(p.model, p.ckpt)
 
     def maps(self, images: np.ndarray, method: str = "gradcam", target: int | None = None,

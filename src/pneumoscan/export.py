@@ -256,6 +256,7 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
         >>> export_onnx(None, "model.onnx", images)["fp32"]["max_abs_prob_diff"] < 1e-3
         True
     """
+    _refuse_ensemble(model_path)
     model, ckpt = checkpoint.load(model_path)
     report = export_model(model, ckpt, out, parity_images)
     out = Path(out)
@@ -270,6 +271,18 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
     return report
 
 
+def _refuse_ensemble(model_path) -> None:
+    from .ensemble import is_ensemble
+
+    if is_ensemble(model_path):
+        raise ExportError(
+            f"{model_path}: an ensemble is not exported as one ONNX graph: the ONNX contract "
+            f"is one model's `logit` (read with that model's temperature) and its Grad-CAM "
+            f"`features`, and an average of calibrated member probabilities is neither. "
+            f"Export each member ('pneumoscan export --model MEMBER') and average their "
+            f"probabilities")
+
+
 def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> np.ndarray:
     """Up to n decoded images of the carved `val` split the checkpoint was selected on."""
     from .config import config_from_dict
@@ -278,7 +291,7 @@ def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> n
 
     _, ckpt = checkpoint.load(model_path)
     cfg = config_from_dict(ckpt.config)
-    records = select(scan(data_dir), "val", cfg.val_fraction, cfg.seed,
+    records = select(scan(data_dir), "val", cfg.val_fraction, cfg.data_seed,
                      cfg.limit_per_class)
     # Spread over the split (it is ordered by label) so both classes are present.
     step = max(1, len(records) // n)
@@ -291,6 +304,7 @@ def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> n
 def export_from_data(model_path: str | Path | None, out: str | Path, data_dir: str | Path,
                      int8: bool = False) -> dict:
     """export_onnx with parity (and INT8 calibration) images from the carved val split."""
+    _refuse_ensemble(model_path)
     parity_images = val_images(model_path, data_dir, N_PARITY)
     calibration = val_images(model_path, data_dir, N_CALIBRATION) if int8 else None
     return export_onnx(model_path, out, parity_images, calibration)

@@ -113,6 +113,7 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
                 target_false_reject: float = TARGET_FALSE_REJECT) -> dict:
     """Fit the gate of an existing run on its own carved train/val split (read from the data
     folder with the run's val_fraction and seed) and store it beside the weights."""
+    from .config import config_from_dict
     from .data import scan, select
     from .transforms import load_many
 
@@ -123,7 +124,7 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
     arrays = {}
     for split in ("train", "val"):
         recs = select(records, split, float(cfg.get("val_fraction", 0.1)),
-                      int(cfg.get("seed", 42)), int(cfg.get("limit_per_class", 0)))
+                      config_from_dict(cfg).data_seed, int(cfg.get("limit_per_class", 0)))
         arrays[split] = load_many([r.path for r in recs], prep.input_size,
                                   prep.interpolation)[0]
     stats, meta = fit_gate(model, ckpt, arrays["train"], arrays["val"], target_false_reject)

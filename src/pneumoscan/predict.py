@@ -111,17 +111,26 @@ class Predictor:
         ['NORMAL']
     """
 
-    def __init__(self, model: nn.Module, ckpt: checkpoint.Checkpoint, bf16: bool = False):
+    tta = False  # runtimes that subclass without calling __init__ (ONNX) never augment
+
+    def __init__(self, model: nn.Module, ckpt: checkpoint.Checkpoint, bf16: bool = False,
+                 tta: bool = False):
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.ckpt = ckpt
         # bf16 autocast is ~2x faster on AVX-512 BF16 CPUs but not the default: on the test
         # split it moved probabilities by up to 0.047 and flipped 3 of 624 labels (README).
         self.bf16 = bf16
+        self.tta = tta  # average over tta.VIEWS; the stored threshold was chosen without it
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, bf16: bool = False,
-                        allow_pickle: bool = False) -> Predictor:
-        return cls(*checkpoint.load(path, allow_pickle=allow_pickle), bf16=bf16)
+                        allow_pickle: bool = False, tta: bool = False) -> Predictor:
+        """A run folder (or its model.json), or an ensemble folder (ensemble.json)."""
+        from . import ensemble
+
+        if ensemble.is_ensemble(path):
+            return ensemble.EnsemblePredictor.from_folder(path, bf16=bf16, tta=tta)
+        return cls(*checkpoint.load(path, allow_pickle=allow_pickle), bf16=bf16, tta=tta)
 
     @property
     def threshold(self) -> float:
@@ -139,7 +148,13 @@ class Predictor:
             return predict_logits(self.model, self.ckpt, images, batch_size)
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(N, S, S) uint8 -> (N,) pneumonia probabilities."""
+        """(N, S, S) uint8 -> (N,) pneumonia probabilities (with tta: averaged over
+        tta.VIEWS)."""
+        if self.tta:
+            from . import tta
+
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                return tta.probabilities(self.model, self.ckpt, images, batch_size=batch_size)
         return probabilities_from_logits(self.logits(images, batch_size), self.ckpt)
 
     def logits_and_ood(self, images: np.ndarray,
@@ -155,16 +170,27 @@ class Predictor:
 
     def scores(self, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S) uint8 -> (N,) pneumonia probabilities and (N,) OOD scores."""
-        logits, ood_scores = self.logits_and_ood(images, batch_size)
-        return probabilities_from_logits(logits, self.ckpt), ood_scores
+        probs, _, ood_scores = self.class_scores(images, batch_size)
+        return probs, ood_scores
 
     def class_scores(self, images: np.ndarray, batch_size: int = 32
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, S, S) uint8 -> (N,) pneumonia probabilities, (N, K) class probabilities in
-        ckpt.labels order and (N,) OOD scores, all from one forward pass."""
+        ckpt.labels order and (N,) OOD scores, from one forward pass (with tta: the OOD
+        pass is the identity view, the other tta.VIEWS are averaged in)."""
         logits, ood_scores = self.logits_and_ood(images, batch_size)
-        return (probabilities_from_logits(logits, self.ckpt),
-                class_probabilities(logits, self.ckpt), ood_scores)
+        views = [logits]
+        if self.tta:
+            from . import tta
+
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                views += tta.view_logits(self.model, self.ckpt, images, tta.VIEWS[1:],
+                                         batch_size)
+        if len(views) == 1:
+            return (probabilities_from_logits(logits, self.ckpt),
+                    class_probabilities(logits, self.ckpt), ood_scores)
+        return (np.mean([probabilities_from_logits(z, self.ckpt) for z in views], axis=0),
+                np.mean([class_probabilities(z, self.ckpt) for z in views], axis=0), ood_scores)
 
     def etiology_of(self, class_probs: np.ndarray) -> str | None:
         """The likelier non-NORMAL class of one image's (K,) probabilities; None if binary."""

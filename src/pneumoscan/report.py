@@ -100,7 +100,7 @@ def provenance(ckpt, folder: Path, data_dir: Path, records: list[Record], sizes:
         "temperature": temperature_of(ckpt),
         "data_dir": str(data_dir.resolve()),
         "manifest_sha256": manifest_sha256(records, data_dir.resolve()),
-        "split_sizes": sizes, "split_seed": config_from_dict(ckpt.config).seed,
+        "split_sizes": sizes, "split_seed": config_from_dict(ckpt.config).data_seed,
         "val_fraction": config_from_dict(ckpt.config).val_fraction, "bootstrap_seed": seed,
         "package_version": __version__, **checkpoint.git_state(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -166,7 +166,7 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
     model = model.to(memory_format=torch.channels_last)
     folder = Path(ckpt.extra["path"]).resolve()
     cfg = config_from_dict(ckpt.config)
-    splits = {name: select(records, name, cfg.val_fraction, cfg.seed, cfg.limit_per_class)
+    splits = {name: select(records, name, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
               for name in ("train", "val", "val-official", "test")}
     if not splits.get(split):
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")

@@ -91,7 +91,7 @@ def _say(message: str) -> None:
 def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
                    paths: list[str] | None = None, onnx_file: str | Path | None = None,
                    bf16: bool = False, allow_pickle: bool = False,
-                   notify: Callable[[str], None] = _say) -> Predictor:
+                   notify: Callable[[str], None] = _say, tta: bool = False) -> Predictor:
     """The predictor `pneumoscan predict` uses.
 
     Args:
@@ -102,6 +102,8 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
         onnx_file: an exported file to use as it is (its metadata is the contract).
         bf16: torch bf16 autocast; with runtime 'auto' it selects torch.
         allow_pickle: see checkpoint.load.
+        tta: average over test-time augmentations (torch only; an ensemble folder is torch
+            too: one ONNX graph carries one model).
 
     Examples:
         >>> p = make_predictor(None, paths=["examples/NORMAL/NORMAL2-IM-1427-0001.jpeg"])
@@ -113,6 +115,14 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
 
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    from .ensemble import is_ensemble
+
+    if tta or is_ensemble(model_path):
+        if runtime == "onnx":
+            raise ExportError("--runtime onnx: test-time augmentation and ensembles run on "
+                              "the torch runtime only")
+        return Predictor.from_checkpoint(model_path, bf16=bf16, allow_pickle=allow_pickle,
+                                         tta=tta)
     if onnx_file is not None and runtime != "torch":
         return OnnxPredictor.from_onnx(onnx_file)
     model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)

@@ -225,7 +225,7 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     if not resume_run:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    train_recs, val_recs = split_train_val(load_records(data_dir), cfg.val_fraction, cfg.seed,
+    train_recs, val_recs = split_train_val(load_records(data_dir), cfg.val_fraction, cfg.data_seed,
                                            cfg.limit_per_class)
     # The split depends on the binary label only, so both tasks share the val patients.
     if not binary:  # fail on a pneumonia image without etiology before decoding anything

@@ -67,10 +67,14 @@ class Service:
         self.predictor, self.settings = predictor, settings
         self.ckpt = predictor.ckpt
         folder = Path(self.ckpt.extra["path"])
+        # An ensemble folder has no weights of its own; its ensemble.json pins the members'.
+        contract = folder / checkpoint.WEIGHTS
+        if not contract.is_file():
+            contract = folder / "ensemble.json"
         self.model_info = {
             "name": self.ckpt.model_name,
             "version": self.ckpt.extra.get("package_version", __version__),
-            "checkpoint_sha256": checkpoint.file_sha256(folder / checkpoint.WEIGHTS)}
+            "checkpoint_sha256": checkpoint.file_sha256(contract)}
         # Decoding runs on a few threads of its own (PIL releases the GIL): as many as there
         # are cores, not one per waiting request, which only adds memory. Inference runs in
         # micro-batches on one thread.
@@ -117,6 +121,7 @@ class Service:
     async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
         image = await self.decode(data, name)
         out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
+        explain = explain and self.predictor.model is not None  # no Grad-CAM of an ensemble
         out["heatmap_png"] = await asyncio.to_thread(self.heatmap, image) if explain else None
         return out
 
