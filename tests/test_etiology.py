@@ -165,3 +165,22 @@ def test_cli_prints_etiology_columns_and_multiclass_metrics(small_data, etiology
                  "--split", "test", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["multiclass"]["confusion_labels"] == [
         "NORMAL", "BACTERIAL", "VIRAL"]
+
+
+def test_shipped_etiology_model_is_selected_by_name_and_predicts_three_classes():
+    from pneumoscan.checkpoint import resolve
+    from pneumoscan.predict import Predictor
+
+    assert resolve("etiology").name == "etiology"
+    p = Predictor.from_checkpoint("etiology")
+    assert p.ckpt.labels == ["NORMAL", "BACTERIAL", "VIRAL"]
+    paths = sorted(str(f) for f in EXAMPLES.rglob("*.jpeg"))
+    results = p.predict(paths)
+    assert all(r.error is None for r in results)
+    for r in results:
+        assert abs(sum(r.class_probabilities.values()) - 1) < 1e-6
+        assert r.etiology in ("BACTERIAL", "VIRAL")
+        assert r.probability == pytest.approx(1 - r.class_probabilities["NORMAL"], abs=1e-9)
+    truth = ["PNEUMONIA" if "PNEUMONIA" in path else "NORMAL" for path in paths]
+    right = sum(r.label == t for r, t in zip(results, truth))
+    assert right >= 14, f"{right}/{len(paths)} of the example originals right"
