@@ -95,6 +95,7 @@ def etiology_run(small_data, tmp_path_factory):
     return fit(cfg, small_data, tmp_path_factory.mktemp("etiology") / "run")
 
 
+@pytest.fixture(scope="session")
 def tiny_seeds(small_data_with_bad_file, tmp_path_factory) -> Path:
     """`pneumoscan train seeds=0,1` with tiny_run's settings: DIR/seed-0, DIR/seed-1 (one
     train/val split) and the ensemble DIR/ensemble built from them."""
