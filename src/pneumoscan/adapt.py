@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .config import config_from_dict
-from .data import DatasetNotFound, load_records, select
+from .data import load_records
+from .evaluate import split_images
 from .metrics import headline_metrics
 from .predict import predict_arrays
-from .transforms import load_many, to_model_input
+from .transforms import to_model_input
 
 METHODS = ("bn", "em", "bn+em")
 MIN_BN_IMAGES = 32  # fewer images give BatchNorm statistics noisier than the stored ones
@@ -136,13 +136,7 @@ def evaluate_adapted(model_path: str | Path | None, data_dir: str | Path, split:
     Labels are read only to score; the adaptation never sees them."""
     all_records = load_records(data_dir)
     model, ckpt = checkpoint.load(model_path, allow_pickle=allow_pickle)
-    cfg = config_from_dict(ckpt.config)
-    records = select(all_records, split, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
-    if not records:
-        raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
-    prep = ckpt.preprocessing
-    images, ok, errors = load_many([r.path for r in records], prep.input_size,
-                                   prep.interpolation)
+    records, images, ok, errors = split_images(all_records, ckpt, split, data_dir)
     targets = [records[i].target for i in ok]
     plain = predict_arrays(model, ckpt, images)
     adapted, info = adapt_probabilities(model, ckpt, images, method)

@@ -11,6 +11,19 @@ from .predict import Predictor
 from .transforms import load_many
 
 
+def split_images(all_records: list, ckpt, split: str, data_dir: str | Path):
+    """The records of `split` as the checkpoint's run carved it (val rebuilt from the stored
+    split seed and fraction) and their decoded images: (records, images, ok, errors)."""
+    cfg = config_from_dict(ckpt.config)
+    records = select(all_records, split, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
+    if not records:
+        raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
+    prep = ckpt.preprocessing
+    images, ok, errors = load_many([r.path for r in records], prep.input_size,
+                                   prep.interpolation)
+    return records, images, ok, errors
+
+
 def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
              allow_pickle: bool = False, tta: bool = False) -> dict:
     """Score every image of `split` and compute metrics at the checkpoint's threshold.
@@ -24,13 +37,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     all_records = load_records(data_dir)  # a missing dataset is reported before the model loads
     predictor = Predictor.from_checkpoint(model_path, allow_pickle=allow_pickle, tta=tta)
     ckpt = predictor.ckpt
-    cfg = config_from_dict(ckpt.config)
-    records = select(all_records, split, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
-    if not records:
-        raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
-    prep = ckpt.preprocessing
-    images, ok, errors = load_many([r.path for r in records], prep.input_size,
-                                   prep.interpolation)
+    records, images, ok, errors = split_images(all_records, ckpt, split, data_dir)
     targets = [records[i].target for i in ok]
     probs, class_probs, _ = predictor.class_scores(images)
     result = headline_metrics(targets, probs, ckpt.threshold)
