@@ -109,3 +109,23 @@ def test_degrade_augmentation_blurs_and_recompresses_only_when_asked(data_dir):
         return (img[..., 1:].float() - img[..., :-1].float()).abs().mean()
 
     assert sharpness(degraded) < sharpness(x)
+
+
+def test_crop_aspect_augmentation_stretches_only_when_asked(data_dir):
+    from torchvision.transforms import v2
+
+    from pneumoscan.transforms import train_augmentation
+
+    path = next((data_dir / "train" / "PNEUMONIA").glob("*.jpeg"))
+    x = torch.from_numpy(load_gray(path, 224)).unsqueeze(0)
+    plain = train_augmentation(0, 0, 0, 0, 0, False, crop_aspect=0.0)
+    assert not any(isinstance(t, v2.RandomResizedCrop) for t in plain.transforms)
+    aug = train_augmentation(0, 0, 0, 0, 0, False, crop_aspect=0.3, size=224)
+    crop = aug.transforms[0]
+    assert isinstance(crop, v2.RandomResizedCrop)
+    assert crop.scale == (0.75, 1.0) and crop.ratio == pytest.approx((1 / 1.3, 1.3))
+    torch.manual_seed(0)
+    outs = [aug(x) for _ in range(4)]
+    assert all(o.shape == x.shape and o.dtype == torch.uint8 for o in outs)
+    assert all(not torch.equal(o, x) for o in outs)  # each draw crops and stretches
+    assert not torch.equal(outs[0], outs[1])

@@ -36,6 +36,7 @@ class TrainConfig:
     aug_contrast: float = 0.2
     aug_hflip: bool = False
     aug_degrade: float = 0.0
+    aug_crop_aspect: float = 0.0
     limit_per_class: int = 0
     num_workers: int = 0
     cache: str = "auto"

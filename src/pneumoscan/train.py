@@ -136,8 +136,14 @@ class LitClassifier(L.LightningModule):
         self.log_dict(m, prog_bar=True, sync_dist=False)
         self.history.append({"epoch": self.current_epoch, **m})
 
+    def on_train_epoch_start(self):
+        self._epoch_t0 = time.perf_counter()
+
     def on_train_epoch_end(self):
-        m = self._summarise("train")
+        # Wall seconds of the epoch's training and validation passes (the decode into the
+        # cache happens once, before the first epoch, and is not in it).
+        m = {**self._summarise("train"),
+             "epoch_seconds": round(time.perf_counter() - self._epoch_t0, 1)}
         self.log_dict(m, sync_dist=False)
         if self.history and self.history[-1]["epoch"] == self.current_epoch:
             self.history[-1].update(m)
@@ -249,7 +255,7 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
 
     aug = train_augmentation(cfg.aug_rotation, cfg.aug_translate, cfg.aug_zoom,
                              cfg.aug_brightness, cfg.aug_contrast, cfg.aug_hflip,
-                             cfg.aug_degrade)
+                             cfg.aug_degrade, cfg.aug_crop_aspect, prep.input_size)
     train_dl = DataLoader(ImageSet(x_tr, y_tr, aug), batch_size=cfg.batch_size, shuffle=True,
                           num_workers=cfg.num_workers, drop_last=len(x_tr) > cfg.batch_size,
                           persistent_workers=cfg.num_workers > 0)
