@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed figures of every runtime, side by side")
     _data_arg(p)
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--quick", action="store_true", help="fewer images, no INT8/training (~1 min)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer images (24 originals, 78 test), no INT8/training (~1 min)")
     p.add_argument("--repeats", type=int, default=3)
 
     p = sub.add_parser("serve", help="web page and REST API (FastAPI + uvicorn)")

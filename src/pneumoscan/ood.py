@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from . import checkpoint
@@ -86,8 +87,12 @@ def scores(features: np.ndarray, stats: dict) -> np.ndarray:
         return np.zeros(0)
     get = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
     centred = features.astype(np.float64) - get["mean"]
-    z = centred @ get["axes"].T
-    inside = np.einsum("ni,ij,nj->n", z, get["precision"], z)
+    # One BLAS thread: these products take ~0.1 ms per image, but OpenBLAS's own threads
+    # keep spinning after them and stole ~25% of the next batch's ONNX Runtime / torch
+    # forward pass (benchmarks/predict_overheads.py).
+    with threadpool_limits(1, user_api="blas"):
+        z = centred @ get["axes"].T
+        inside = np.einsum("ni,ij,nj->n", z, get["precision"], z)
     residual = np.maximum((centred ** 2).sum(axis=1) - (z ** 2).sum(axis=1), 0.0)
     return np.sqrt(inside + residual / get["residual_var"][0])
 
