@@ -56,3 +56,24 @@ def test_same_seed_same_metrics(small_data, tmp_path):
     assert a.val_metrics == b.val_metrics
     assert (checkpoint.file_sha256(a.dir / "model.safetensors")
             == checkpoint.file_sha256(b.dir / "model.safetensors"))
+
+
+def test_ema_run_validates_and_ships_the_averaged_weights(small_data, tmp_path):
+    import pytest
+    import torch
+
+    from pneumoscan.config import ConfigError
+
+    base = ["image_size=48", "epochs=2", "batch_size=8", "val_fraction=0.2",
+            "model=custom-cnn", "pretrained=false", "precision=32-true"]
+    plain = fit(load_config(None, base), small_data, tmp_path / "plain")
+    ema = fit(load_config(None, base + ["ema_decay=0.9"]), small_data, tmp_path / "ema")
+    a, b = (load_file(r.dir / "model.safetensors") for r in (plain, ema))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same seed, averaged weights differ
+    assert json.loads((ema.dir / "model.json").read_text())["config"]["ema_decay"] == 0.9
+    # What validation scored in the chosen epoch is what was shipped.
+    rows = list(csv.DictReader(open(ema.dir / "history.csv")))
+    assert float(rows[ema.best_epoch]["val_auroc"]) == pytest.approx(ema.val_metrics["auroc"])
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_config(None, ["ema_decay=1.0"])

@@ -37,6 +37,7 @@ class TrainConfig:
     aug_hflip: bool = False
     aug_degrade: float = 0.0
     aug_crop_aspect: float = 0.0
+    ema_decay: float = 0.0
     limit_per_class: int = 0
     num_workers: int = 0
     cache: str = "auto"
@@ -112,6 +113,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     typed = {k: _coerce(k, v, known[k]) for k, v in values.items()}
     if typed.get("task", "binary") not in TASKS:
         raise ConfigError(f"config key 'task' is one of {', '.join(TASKS)}, got {typed['task']!r}")
+    if not 0.0 <= typed.get("ema_decay", 0.0) < 1.0:
+        raise ConfigError(f"config key 'ema_decay' is in [0, 1) (0 = off), got {typed['ema_decay']}")
     return replace(TrainConfig(), **typed)
 
 

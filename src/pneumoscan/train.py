@@ -282,11 +282,15 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
         save_top_k=1, save_last=True, save_weights_only=False)
     stop_cb = L.pytorch.callbacks.EarlyStopping(monitor="val_auroc", mode="max",
                                                 patience=cfg.patience)
+    callbacks = [ckpt_cb, stop_cb]
+    if cfg.ema_decay > 0:
+        # Lightning validates, checkpoints and finally keeps the averaged weights.
+        callbacks.append(L.pytorch.callbacks.EMAWeightAveraging(decay=cfg.ema_decay))
     devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
     trainer = L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices,
         num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=resolve_precision(cfg.precision),
-        callbacks=[ckpt_cb, stop_cb], logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
+        callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
         plugins=[resume.AtomicCheckpointIO()],
         default_root_dir=run_dir, num_sanity_val_steps=0, log_every_n_steps=10,
         deterministic="warn", enable_model_summary=False)
