@@ -430,3 +430,26 @@ def test_micro_batcher_hands_an_error_to_every_caller():
             batcher.close()
 
     assert [str(e) for e in anyio.run(main)] == ["model failed"] * 3
+
+
+def test_onnx_runtime_serves_the_checked_export(predictor, small_jpegs, tmp_path, monkeypatch):
+    from pneumoscan.export import ExportError
+    from pneumoscan.runtime import make_predictor
+    from pneumoscan.serve.app import load_predictor
+
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ExportError, match="no readable input image"):
+        load_predictor(Settings(runtime="onnx"))  # nothing exported and checked yet
+    with TestClient(create_app(Settings(runtime="auto"))) as c:  # falls back to torch
+        assert c.get("/v1/model").json()["runtime"] == "torch"
+    onnx = make_predictor(None, "onnx", [str(p) for p in small_jpegs])  # exports, checks
+    with TestClient(create_app(Settings(runtime="onnx"))) as c:
+        assert c.get("/v1/model").json()["runtime"] == "onnxruntime"
+        for path in (small_jpegs[0], small_jpegs[-1], ORIGINAL):
+            body = upload(c, path.name, path.read_bytes(), explain="true").json()
+            expected = onnx.predict([str(path)])[0]
+            assert abs(body["probability"] - expected.probability) < 1e-6
+            assert body["label"] == expected.label
+            assert body["ood"]["score"] == pytest.approx(expected.ood_score, rel=1e-6)
+            assert abs(body["probability"] - predictor.predict([str(path)])[0].probability) < 1e-3
+            assert body["heatmap_png"]  # Grad-CAM runs on the torch model kept beside it

@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--max-upload-mb", type=float, default=20, help="413 above this body size")
+    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="torch",
+                   help="onnx/auto: the ONNX Runtime graph `pneumoscan predict` exported and "
+                        "checked (auto falls back to torch when there is none)")
     return parser
 
 
@@ -492,12 +495,15 @@ def cmd_bench(args) -> int:
 def cmd_serve(args) -> int:
     from .checkpoint import resolve
     from .ensemble import is_ensemble
-    from .serve.app import Settings, serve
+    from .serve.app import Settings, load_predictor, serve
 
+    settings = Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
+                        runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20))
     if not is_ensemble(args.model):
         resolve(args.model)  # a missing model is a usage error now, not a failed start-up
-    serve(Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
-                   max_upload_bytes=int(args.max_upload_mb * 2**20)))
+    if args.runtime == "onnx":
+        load_predictor(settings)  # no checked export: a usage error now, not a failed start-up
+    serve(settings)
     return 0
 
 

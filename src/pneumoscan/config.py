@@ -114,7 +114,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     if typed.get("task", "binary") not in TASKS:
         raise ConfigError(f"config key 'task' is one of {', '.join(TASKS)}, got {typed['task']!r}")
     if not 0.0 <= typed.get("ema_decay", 0.0) < 1.0:
-        raise ConfigError(f"config key 'ema_decay' is in [0, 1) (0 = off), got {typed['ema_decay']}")
+        raise ConfigError("config key 'ema_decay' is in [0, 1) (0 = off), "
+                          f"got {typed['ema_decay']}")
     return replace(TrainConfig(), **typed)
 
 

@@ -28,8 +28,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__, checkpoint
+from ..onnx_predict import OnnxPredictor
 from ..ood import flag
 from ..predict import Predictor
+from ..runtime import make_predictor
 from .batcher import MicroBatcher
 from .middleware import AccessLog, BodyLimit
 from .uploads import DICOM, JPEG, PNG, UploadError, decode
@@ -49,9 +51,14 @@ class Settings:
         max_pixels: images whose header declares more pixels get 422 (decompression bombs).
         max_batch_files: most files in one POST /v1/predict/batch.
         host, port, workers: where and how uvicorn listens.
+        runtime: 'torch', or 'onnx' / 'auto' for the ONNX Runtime graph that `pneumoscan
+            predict` exported and parity-checked on real images into the cache (runtime.py):
+            the server has no images of its own to check a new export on, so 'onnx' stops
+            with the reason when there is none and 'auto' then serves with torch.
     """
 
     model: str | None = None
+    runtime: str = "torch"
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 100_000_000
     max_batch_files: int = 64
@@ -74,7 +81,8 @@ class Service:
         self.model_info = {
             "name": self.ckpt.model_name,
             "version": self.ckpt.extra.get("package_version", __version__),
-            "checkpoint_sha256": checkpoint.file_sha256(contract)}
+            "checkpoint_sha256": checkpoint.file_sha256(contract),
+            "runtime": "onnxruntime" if isinstance(predictor, OnnxPredictor) else "torch"}
         # Decoding runs on a few threads of its own (PIL releases the GIL): as many as there
         # are cores, not one per waiting request, which only adds memory. Inference runs in
         # micro-batches on one thread.
@@ -183,6 +191,15 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
 
+def load_predictor(settings: Settings) -> Predictor:
+    """The predictor of settings.model on settings.runtime (see Settings)."""
+    def notify(message: str) -> None:
+        log.warning("%s (a `pneumoscan predict` run on a few X-rays exports and checks the "
+                    "ONNX graph once; later starts use it)", message)
+
+    return make_predictor(settings.model, settings.runtime, paths=[], notify=notify)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model is loaded in its lifespan (once per worker process).
 
@@ -194,7 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        predictor = await run_in_threadpool(Predictor.from_checkpoint, settings.model)
+        predictor = await run_in_threadpool(load_predictor, settings)
         service = Service(predictor, settings)
         size = service.ckpt.preprocessing.input_size
         await service.probabilities(np.zeros((1, size, size), np.uint8))  # warm-up
