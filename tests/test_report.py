@@ -229,3 +229,16 @@ def test_three_class_model_card_lists_labels_and_class_metrics(etiology_report, 
     assert f"| 3-class accuracy | {acc['value']:.3f} (95% CI {acc['low']:.3f}" in card
     row = m["multiclass"]["confusion"][2]
     assert f"| VIRAL | {row[0]} | {row[1]} | {row[2]} |" in card
+
+
+def test_manifest_hash_is_the_same_through_a_relative_data_path(small_data):
+    import os
+
+    from pneumoscan.data import load_records
+    from pneumoscan.report import manifest_sha256
+
+    relative = os.path.relpath(small_data)
+    assert not os.path.isabs(relative)
+    # provenance() passes the resolved data folder, whatever form the records' paths take
+    assert (manifest_sha256(load_records(relative), Path(relative).resolve())
+            == manifest_sha256(load_records(small_data), small_data))

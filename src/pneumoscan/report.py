@@ -75,7 +75,8 @@ def _score(model, ckpt, records: list[Record], name: str) -> Scored:
 
 def manifest_sha256(records: list[Record], root: Path) -> str:
     """A hash of every image's relative path, folder split, label and content hash."""
-    lines = sorted(f"{Path(r.path).relative_to(root)},{r.split},{r.label},{r.sha256}"
+    root = root.resolve()  # records read through a relative data path are relative too
+    lines = sorted(f"{Path(r.path).resolve().relative_to(root)},{r.split},{r.label},{r.sha256}"
                    for r in records)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
