@@ -105,8 +105,7 @@ def end_to_end(pipelines: dict, sets: dict[str, list[str]], repeats: int) -> lis
     return rows
 
 
-def _model_row(name: str, run, size: int, repeats: int, gflop: float,
-               peak_gflops: float) -> dict:
+def _model_row(name: str, run, repeats: int, gflop: float, peak_gflops: float) -> dict:
     """Batch-32 throughput (median of repeats) and batch-1 latency of `run(batch)`."""
     s32 = median_time(lambda: run(32), repeats)
     run(1)
@@ -143,12 +142,12 @@ def model_only(model, size: int, repeats: int, peak_gflops: float,
         def run(n, bf16=bf16):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 model(x[:n])
-        rows.append(_model_row(name, run, size, repeats, gflop, peak_gflops))
+        rows.append(_model_row(name, run, repeats, gflop, peak_gflops))
     u8 = np.random.default_rng(0).integers(0, 256, (32, 1, size, size), dtype=np.uint8)
     for name, path in (onnx_paths or {}).items():
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         rows.append(_model_row(name, lambda n, s=session: s.run(None, {INPUT: u8[:n]}),
-                               size, repeats, gflop, peak_gflops))
+                               repeats, gflop, peak_gflops))
     return rows
 
 

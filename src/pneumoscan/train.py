@@ -81,6 +81,7 @@ class LitClassifier(L.LightningModule):
                         else nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight)))
         self.history: list[dict] = []
         self._outs: dict[str, list] = {"train": [], "val": []}
+        self._epoch_t0 = time.perf_counter()  # reset at each epoch start (a resume included)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return head_output(self.model(to_model_input(x, self.prep)))
