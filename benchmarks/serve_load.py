@@ -1,6 +1,7 @@
 """Latency, throughput and memory of `pneumoscan serve` on 127.0.0.1 (figures, not a test).
 
     python benchmarks/serve_load.py [--requests 500] [--concurrency 16] [--repeats 3]
+        [--runtime torch|onnx]
 
 Starts a real server (one worker) on a free local port, then
 1. single-client latency of POST /v1/predict: a 224 px JPEG of the test split and a full-size
@@ -31,19 +32,20 @@ from pathlib import Path
 import httpx
 
 from pneumoscan.data import default_data_dir
-from pneumoscan.predict import Predictor
+from pneumoscan.runtime import make_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_server() -> tuple[str, subprocess.Popen]:
+def start_server(runtime: str = "torch") -> tuple[str, subprocess.Popen]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "pneumoscan.cli", "serve", "--port",
-                             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             str(port), "--runtime", runtime],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -103,13 +105,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--single", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="the server's runtime (onnx: exported and checked here first)")
     args = parser.parse_args()
 
     small_paths = sorted((default_data_dir() / "test").rglob("*.jpeg"))[::16][:40]
     big_paths = sorted((REPO / "examples").rglob("*.jpeg"))
     if not small_paths:
         sys.exit("no test split: set PNEUMOSCAN_DATA")
-    predictor = Predictor.from_checkpoint()
+    # The same runtime as the server's; with onnx this exports and checks the graph into the
+    # cache that `serve --runtime onnx` reads.
+    predictor = make_predictor(None, args.runtime, [str(p) for p in small_paths])
     expected = {p.name: r.probability for p, r in
                 zip(small_paths + big_paths,
                     predictor.predict([str(p) for p in small_paths + big_paths], batch_size=1))}
@@ -131,10 +137,11 @@ def main() -> None:
             mixed.append((name, data, "bad file", status))
     only_small = [(*small[i % len(small)], "224 px", 200) for i in range(args.requests)]
 
-    url, proc = start_server()
+    url, proc = start_server(args.runtime)
     try:
         cpu = platform.processor() or platform.machine()
-        print(f"machine: {cpu}, {os.cpu_count()} cores; server: 1 worker on 127.0.0.1; "
+        print(f"machine: {cpu}, {os.cpu_count()} cores; server: 1 worker on 127.0.0.1, "
+              f"runtime {args.runtime}; "
               f"median of {args.repeats} runs where repeated")
         print(f"server memory after start: {rss_mb(proc.pid)[0]:.0f} MiB RSS")
         print("\nsingle client, POST /v1/predict latency (ms):")
