@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from pneumoscan import checkpoint
-from pneumoscan.bench import machine
+from pneumoscan.bench import machine, median_time
 from pneumoscan.data import default_data_dir
 from pneumoscan.export import export_model
 from pneumoscan.predict import expand_inputs
@@ -32,13 +31,7 @@ from pneumoscan.transforms import load_gray, load_many
 
 
 def cpu_seconds(fn, repeats: int = 3) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        runs.append(time.process_time() - t)
-    return statistics.median(runs)
+    return median_time(fn, repeats, clock=time.process_time)
 
 
 def naive_decode(paths, size):
