@@ -37,6 +37,7 @@ class TrainConfig:
     aug_hflip: bool = False
     aug_degrade: float = 0.0
     aug_crop_aspect: float = 0.0
+    aug_acquisition: float = 0.0
     ema_decay: float = 0.0
     limit_per_class: int = 0
     num_workers: int = 0
