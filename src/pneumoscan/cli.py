@@ -175,6 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="torch",
                    help="onnx/auto: the ONNX Runtime graph `pneumoscan predict` exported and "
                         "checked (auto falls back to torch when there is none)")
+
+    p = sub.add_parser("dicomweb", help="score CR/DX studies of a DICOMweb server and store "
+                                        "SC + SR results back (docs/dicom.md)")
+    p.add_argument("url", help="DICOMweb root, e.g. http://localhost:8042/dicom-web")
+    p.add_argument("--once", action="store_true", help="one pass, print its summary, exit")
+    p.add_argument("--study", default=None, metavar="UID", help="only this study")
+    p.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between passes without --once (default 60)")
+    p.add_argument("--spool", default=None, metavar="DIR",
+                   help="results not yet stored wait here (default: "
+                        "$PNEUMOSCAN_CACHE/dicomweb-spool)")
+    p.add_argument("--retries", type=int, default=4,
+                   help="retries of a request to a server that is down (default 4)")
+    p.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
+                   help="wait before the first retry, doubled each time (default 1)")
+    p.add_argument("--model", default=None,
+                   help="run folder or its model.json (default: the shipped model)")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="as predict's --runtime (Grad-CAM always uses the torch model)")
     return parser
 
 
@@ -496,6 +515,18 @@ def cmd_explain(args) -> int:
     return SOME_FAILED if any(r["error"] for r in rows) else 0
 
 
+def cmd_dicomweb(args) -> int:
+    from .dicom.loop import run
+    from .dicom.web import Retry
+
+    def report(summary):
+        print(summary.text(), flush=True)
+
+    summary = run(args.url, args.model, args.runtime, args.once, args.study, args.poll,
+                  args.spool, Retry(args.retries, args.backoff), report)
+    return 0 if summary.ok else SOME_FAILED
+
+
 def cmd_export(args) -> int:
     from .export import export_from_data
 
@@ -538,7 +569,8 @@ COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
             "ensemble": cmd_ensemble,
             "predict": cmd_predict, "calibrate": cmd_calibrate,
             "fit-ood": cmd_fit_ood, "model-card": cmd_model_card,
-            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve,
+            "dicomweb": cmd_dicomweb}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per copied module
+    for chatty in ("highdicom", "httpx"):  # a line per copied module, per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DatasetNotFound
