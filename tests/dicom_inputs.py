@@ -66,3 +66,43 @@ def dciodvfy_errors(path: Path) -> list[str]:
         pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def pdf_document(study_uid: str) -> Dataset:
+    """A non-image object (Encapsulated PDF, modality DOC) in the given study."""
+    from pydicom.uid import EncapsulatedPDFStorage
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = EncapsulatedPDFStorage, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DOC", 2, 1
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.DocumentTitle = "referral"
+    ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    return ds
+
+
+def corrupt(jpeg: Path, study_uid: str) -> Dataset:
+    """A radiograph whose JPEG pixel data is garbage: stored by a PACS, undecodable."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = radiograph(jpeg, study_uid)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def multi_frame(jpeg: Path, study_uid: str) -> Dataset:
+    """The radiograph twice, as a two-frame object (not scored: one radiograph expected)."""
+    ds = radiograph(jpeg, study_uid)
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    return ds

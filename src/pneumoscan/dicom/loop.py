@@ -74,6 +74,7 @@ class Loop:
     identity: ModelIdentity
     make_predictor: Callable[[list[str]], object]
     on_event: Callable[[str, str], None] = lambda kind, study: None
+    batch: int = BATCH  # images retrieved and scored together (spans studies)
     predictor: object = None
 
     def run_once(self, study: str | None = None) -> Summary:
@@ -95,7 +96,7 @@ class Loop:
                     s.failed.append(f"study {uid}: {e}")
                     continue
                 todo += [(uid, inst) for inst in images]
-                if len(todo) >= BATCH:
+                if len(todo) >= self.batch:
                     self._score_and_store(todo, s)
                     todo = []
             if todo:
