@@ -145,3 +145,20 @@ def test_explain_dicom_out(inputs, tmp_path):
         assert dciodvfy_errors(f) == [], f.name
     assert stderr.count("not DICOM") == 1
     assert PATIENT_NAME not in stdout + stderr
+
+
+def test_non_conformant_patient_attribute_is_never_quoted(tmp_path):
+    """highdicom refuses PatientSex 'female' with an error quoting it, pydicom warns about
+    a malformed name: the input is still scored, gets no DICOM result, and the notice names
+    the file and the error type only."""
+    ds = radiograph(WELL)
+    ds.PatientSex = "female"
+    ds.PatientName = "Roe^Richard^Q^Jr^extra=Xyzzy"
+    source = write(ds, tmp_path / "odd.dcm")
+    code, stdout, stderr = _run(["predict", str(source), "--format", "json", "--dicom-out",
+                                 str(tmp_path / "out")])
+    assert code == 0 and json.loads(stdout)["predictions"][0]["probability"] is not None
+    assert "no DICOM result written" in stderr and "ValueError" in stderr
+    for secret in ("female", "Roe", "Xyzzy"):
+        assert secret not in stdout + stderr
+    assert not list((tmp_path / "out").glob("*.dcm"))

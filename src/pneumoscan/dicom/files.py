@@ -17,6 +17,17 @@ from ..explain import gradcam, resize_map
 from ..transforms import ImageError, is_dicom, load_gray_original, load_many
 from .results import Finding, ModelIdentity, write_results
 
+
+def _write(path, gray, heat, finding, identity, out_dir, notify, method="Grad-CAM"
+           ) -> list[Path]:
+    try:
+        return write_results(path, gray, heat, finding, identity, out_dir, method=method)
+    except Exception as e:  # noqa: BLE001 (highdicom refuses a non-conformant source header)
+        # The type only: its message may quote a patient attribute.
+        notify(f"pneumoscan: --dicom-out: {path}: no DICOM result written: the source's "
+               f"header cannot be copied ({type(e).__name__})")
+        return []
+
 BATCH = 16  # Grad-CAM batch: memory grows with it, speed barely does past this
 
 
@@ -62,14 +73,15 @@ def write_for_predictions(model, ckpt, rows: list[dict], out_dir: str | Path,
                 notify(f"pneumoscan: --dicom-out: {e}")
                 continue
             heat = resize_map(native, gray.shape[1], gray.shape[0])
-            written += write_results(chunk[j], gray, heat, finding, identity, out_dir)
+            written += _write(chunk[j], gray, heat, finding, identity, out_dir, notify)
     return written
 
 
-def write_for_explanation(e, ckpt, out_dir: str | Path) -> list[Path]:
+def write_for_explanation(e, ckpt, out_dir: str | Path,
+                          notify: Callable[[str], None] = _say) -> list[Path]:
     """One explain.Explanation of a DICOM input -> its SC + SR files (explain computes no OOD
     score, so the SR carries no OOD flag)."""
     heat = np.asarray(e.heatmap, dtype=np.float32)
     method = {"gradcam": "Grad-CAM", "occlusion": "occlusion"}.get(e.method, e.method)
-    return write_results(e.path, e.image, heat, Finding(e.probability, e.label, e.etiology),
-                         ModelIdentity.from_checkpoint(ckpt), out_dir, method=method)
+    return _write(e.path, e.image, heat, Finding(e.probability, e.label, e.etiology),
+                  ModelIdentity.from_checkpoint(ckpt), out_dir, notify, method)

@@ -36,7 +36,7 @@ STOW_FILES = 16  # files per STOW-RS request
 @dataclass
 class Summary:
     studies_seen: int = 0
-    studies_scored: int = 0
+    scored: set = field(default_factory=set)  # Study UIDs with an image scored this pass
     studies_skipped: Counter = field(default_factory=Counter)  # reason -> studies
     images_scored: int = 0
     instances_skipped: Counter = field(default_factory=Counter)  # reason -> instances
@@ -44,6 +44,10 @@ class Summary:
     failed: list[str] = field(default_factory=list)
     spooled: int = 0  # objects left in the spool for the next pass
     stopped: str | None = None  # why the pass ended early
+
+    @property
+    def studies_scored(self) -> int:
+        return len(self.scored)
 
     @property
     def ok(self) -> bool:
@@ -128,13 +132,15 @@ class Loop:
     def _done_on_server(self, instances: list[Instance]) -> set[str]:
         """Source SOP UIDs that already have this model's SR on the server (the series
         description names the checksum's start; the SR's content is checked in full)."""
-        from .results import SR_DESCRIPTION, result_of
+        from .results import SR_DESCRIPTION, no_values_in_messages, result_of
 
         done, checksum = set(), self.identity.checksum
         for inst in instances:
             if (inst.modality == "SR" and inst.series_description.startswith(SR_DESCRIPTION)
                     and checksum[:12] in inst.series_description):
-                result = result_of(self.client.metadata(inst))
+                metadata = self.client.metadata(inst)
+                with no_values_in_messages():
+                    result = result_of(metadata)
                 if result and result["checksum"] == checksum:
                     done.update(result["source_uids"])
         return done
@@ -204,7 +210,7 @@ class Loop:
                     [self.spool.add(sc, "SC"), self.spool.add(sr, "SR")])
                 s.images_scored += 1
         for study in by_study:
-            s.studies_scored += 1
+            s.scored.add(study)
             self.on_event("scored", study)
         for study, files in by_study.items():
             self._send(files, s)

@@ -18,7 +18,10 @@ into these files: nothing in this module prints or logs them.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,30 @@ ETIOLOGIES = {"BACTERIAL": CodedConcept("53084003", "SCT", "Bacterial pneumonia"
 CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 YES, NO = CodedConcept("373066001", "SCT", "Yes"), CodedConcept("373067005", "SCT", "No")
+
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def no_values_in_messages():
+    """While patient attributes are read or copied: pydicom and highdicom warn about a
+    non-conformant value by quoting it (as a warning and a log line), so their warnings are
+    held back and only counted. Callers must also report exceptions by type only."""
+    loggers = [logging.getLogger(name) for name in ("pydicom", "highdicom")]
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for lg, disabled in zip(loggers, before):
+            lg.disabled = disabled
+    if caught:
+        log.warning("%d warning(s) about DICOM attribute values held back (they may quote "
+                    "patient attributes)", len(caught))
 
 
 @dataclass(frozen=True)
@@ -85,7 +112,8 @@ class Finding:
 
 def read_source(path) -> pydicom.Dataset:
     """The source instance's header (no pixels): the modules copied into the results."""
-    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    with no_values_in_messages():
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
 
 
 def _font(size: int):
@@ -227,8 +255,9 @@ def build_results(source: pydicom.Dataset, gray: np.ndarray, heatmap: np.ndarray
     """(Secondary Capture, SR) of one scored source instance."""
     series = series or SeriesPair.new()
     rgb = render_overlay(gray, heatmap, finding, model, method)
-    return (build_sc(source, rgb, model, series.sc, instance_number),
-            build_sr(source, finding, model, series.sr, instance_number))
+    with no_values_in_messages():
+        return (build_sc(source, rgb, model, series.sc, instance_number),
+                build_sr(source, finding, model, series.sr, instance_number))
 
 
 def save_atomic(ds: pydicom.Dataset, path: Path) -> Path:
@@ -251,8 +280,9 @@ def write_results(source_path, gray: np.ndarray, heatmap: np.ndarray | None,
     sc, sr = build_results(read_source(source_path), gray, heatmap, finding, model,
                            method=method)
     out = Path(out_dir)
-    return [save_atomic(sc, out / f"SC_{sc.SOPInstanceUID}.dcm"),
-            save_atomic(sr, out / f"SR_{sr.SOPInstanceUID}.dcm")]
+    with no_values_in_messages():
+        return [save_atomic(sc, out / f"SC_{sc.SOPInstanceUID}.dcm"),
+                save_atomic(sr, out / f"SR_{sr.SOPInstanceUID}.dcm")]
 
 
 # ------------------------------------------------------------------ reading a result back

@@ -142,7 +142,10 @@ class DicomWebClient:
         r = self._request("GET", f"studies/{inst.study}/series/{inst.series}/instances/"
                                  f"{inst.sop}/metadata",
                           headers={"Accept": "application/dicom+json"})
-        return pydicom.Dataset.from_json(r.json()[0])
+        from .results import no_values_in_messages
+
+        with no_values_in_messages():
+            return pydicom.Dataset.from_json(r.json()[0])
 
     def retrieve(self, inst: Instance) -> bytes:
         """The instance as a Part 10 file, in whatever transfer syntax the server holds."""
@@ -190,11 +193,12 @@ class Spool:
 
     def covered(self, checksum: str) -> set[str]:
         """Source SOP Instance UIDs whose result from this model waits here."""
-        from .results import result_of
+        from .results import no_values_in_messages, result_of
 
         done = set()
         for path in self.folder.glob("SR_*.dcm") if self.folder.is_dir() else []:
-            result = result_of(pydicom.dcmread(path, force=True))
+            with no_values_in_messages():
+                result = result_of(pydicom.dcmread(path, force=True))
             if result and result["checksum"] == checksum:
                 done.update(result["source_uids"])
         return done
