@@ -522,8 +522,12 @@ def cmd_dicomweb(args) -> int:
     def report(summary):
         print(summary.text(), flush=True)
 
-    summary = run(args.url, args.model, args.runtime, args.once, args.study, args.poll,
-                  args.spool, Retry(args.retries, args.backoff), report)
+    try:
+        summary = run(args.url, args.model, args.runtime, args.once, args.study, args.poll,
+                      args.spool, Retry(args.retries, args.backoff), report)
+    except KeyboardInterrupt:  # the spool keeps what was scored and not yet stored
+        print("pneumoscan dicomweb: interrupted", file=sys.stderr)
+        return SOME_FAILED
     return 0 if summary.ok else SOME_FAILED
 
 
