@@ -149,6 +149,14 @@ def originals_agreement(predictor, data_dir: Path, originals_dir: Path,
         row["images"] = [{"name": a.name, "label": LABELS[t], "p_original": round(po, 4),
                           "p_copy": round(pc, 4)}
                          for (a, _, t), po, pc in zip(pairs, p_orig, p_copy)]
+        if res[0].etiology is not None:  # K classes: every class and the etiology agree?
+            c_orig = np.array([list(r.class_probabilities.values()) for r in res[:k]])
+            c_copy = np.array([list(r.class_probabilities.values()) for r in res[k:]])
+            row["max_abs_dp_classes"] = float(np.abs(c_orig - c_copy).max())
+            row["etiology_flips"] = sum(a.etiology != b.etiology
+                                        for a, b in zip(res[:k], res[k:]))
+            for item, a, b in zip(row["images"], res[:k], res[k:]):
+                item["etiology_original"], item["etiology_copy"] = a.etiology, b.etiology
         out[split] = row
     return out
 
