@@ -111,8 +111,9 @@ def render_file(gray: np.ndarray, shift: Shift) -> io.BytesIO:
     return buf
 
 
-def _decode_shifted(images: np.ndarray, shift: Shift, size: int, interpolation: str):
-    return np.stack([load_gray(render_file(g, shift), size, interpolation, name=shift.name)
+def _decode_shifted(images: np.ndarray, shift: Shift, prep) -> np.ndarray:
+    return np.stack([load_gray(render_file(g, shift), prep.input_size, prep.interpolation,
+                               name=shift.name, storage_quality=prep.storage_quality)
                      for g in images])
 
 
@@ -186,8 +187,7 @@ def shift_validation(model_path, data_dir: str | Path, split: str = "val",
     clean = _row(y, p_clean, p_clean, thr)
     changes = []
     for s in SHIFTS:
-        p = predictor.probabilities(_decode_shifted(images, s, prep.input_size,
-                                                    prep.interpolation))
+        p = predictor.probabilities(_decode_shifted(images, s, prep))
         changes.append({"family": s.family, "change": s.name, "params": s.params,
                         **_row(y, p, p_clean, thr)})
     worst = min(changes, key=lambda r: r["auroc"])
