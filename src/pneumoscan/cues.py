@@ -73,7 +73,8 @@ def cue_conflicting(predictor, all_records, ckpt, records, ok, images: np.ndarra
     cfg = config_from_dict(ckpt.config)
     train = select(all_records, "train", cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
     prep = ckpt.preprocessing
-    x_tr, ok_tr, _ = load_many([r.path for r in train], prep.input_size, prep.interpolation)
+    x_tr, ok_tr, _ = load_many([r.path for r in train], prep.input_size, prep.interpolation,
+                                storage_quality=prep.storage_quality)
     y_tr = np.array([train[i].target for i in ok_tr])
     stats_model = fit_statistics_model(x_tr, [train[i].path for i in ok_tr], y_tr)
     paths = [records[i].path for i in ok]

@@ -60,7 +60,8 @@ def parity_images(paths: list[str], ckpt: checkpoint.Checkpoint, n: int = N_PARI
     from .transforms import load_many
 
     prep = ckpt.preprocessing
-    return load_many(paths[:4 * n], prep.input_size, prep.interpolation)[0][:n]
+    return load_many(paths[:4 * n], prep.input_size, prep.interpolation,
+                     storage_quality=prep.storage_quality)[0][:n]
 
 
 def cached_onnx(model, ckpt: checkpoint.Checkpoint, images: Callable[[], np.ndarray]) -> Path:

@@ -111,8 +111,9 @@ def render_file(gray: np.ndarray, shift: Shift) -> io.BytesIO:
     return buf
 
 
-def _decode_shifted(images: np.ndarray, shift: Shift, size: int, interpolation: str):
-    return np.stack([load_gray(render_file(g, shift), size, interpolation, name=shift.name)
+def _decode_shifted(images: np.ndarray, shift: Shift, prep) -> np.ndarray:
+    return np.stack([load_gray(render_file(g, shift), prep.input_size, prep.interpolation,
+                               name=shift.name, storage_quality=prep.storage_quality)
                      for g in images])
 
 
@@ -149,6 +150,14 @@ def originals_agreement(predictor, data_dir: Path, originals_dir: Path,
         row["images"] = [{"name": a.name, "label": LABELS[t], "p_original": round(po, 4),
                           "p_copy": round(pc, 4)}
                          for (a, _, t), po, pc in zip(pairs, p_orig, p_copy)]
+        if res[0].etiology is not None:  # K classes: every class and the etiology agree?
+            c_orig = np.array([list(r.class_probabilities.values()) for r in res[:k]])
+            c_copy = np.array([list(r.class_probabilities.values()) for r in res[k:]])
+            row["max_abs_dp_classes"] = float(np.abs(c_orig - c_copy).max())
+            row["etiology_flips"] = sum(a.etiology != b.etiology
+                                        for a, b in zip(res[:k], res[k:]))
+            for item, a, b in zip(row["images"], res[:k], res[k:]):
+                item["etiology_original"], item["etiology_copy"] = a.etiology, b.etiology
         out[split] = row
     return out
 
@@ -178,8 +187,7 @@ def shift_validation(model_path, data_dir: str | Path, split: str = "val",
     clean = _row(y, p_clean, p_clean, thr)
     changes = []
     for s in SHIFTS:
-        p = predictor.probabilities(_decode_shifted(images, s, prep.input_size,
-                                                    prep.interpolation))
+        p = predictor.probabilities(_decode_shifted(images, s, prep))
         changes.append({"family": s.family, "change": s.name, "params": s.params,
                         **_row(y, p, p_clean, thr)})
     worst = min(changes, key=lambda r: r["auroc"])
