@@ -10,6 +10,7 @@ on a machine shared with other jobs the wall time measures the contention too.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -218,6 +219,8 @@ def main() -> None:
             loads.append(((time.perf_counter() - t) * 1000,
                           float(page.get_attribute("#status", "data-load-ms")),
                           1000 * (_cpu_seconds(pids()) - cpu0)))
+            parts = json.loads(page.get_attribute("#status", "data-timings"))
+            print("  load parts (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()))
             ctx.close()
         print(f"page ready (goto -> model loaded and warmed), {len(loads)} cold loads: wall ms "
               + ", ".join(f"{w:.0f}" for w, _, _ in loads) + "; in-page load ms "

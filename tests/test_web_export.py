@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -58,11 +59,17 @@ def site(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="module")
-def origin(site, data_dir, originals_dir, tmp_path_factory):
+def served(site, data_dir, originals_dir, tmp_path_factory):
+    """(origin, the folder it serves: the site and links to the image folders)."""
     root = serve_root(tmp_path_factory.mktemp("root"), site, examples=EXAMPLES,
                       data=data_dir, originals=originals_dir)
     with static_server(root) as url:
-        yield url
+        yield url, root
+
+
+@pytest.fixture(scope="module")
+def origin(served):
+    return served[0]
 
 
 @pytest.fixture
@@ -119,6 +126,36 @@ def test_browser_gives_the_model_the_pixels_python_gives_it(page, data_dir, orig
             assert diff.mean() < 0.3 and diff.max() <= 12, (f, diff.mean(), diff.max())
 
 
+def test_a_storage_round_trip_in_the_contract_is_applied_too(browser, served, site, data_dir,
+                                                             originals_dir):
+    """Preprocessing.storage_quality > 0 (a JPEG round trip after the resize): the browser's
+    libjpeg encodes and decodes as Pillow's does, byte for byte on the same 224 px input."""
+    from PIL import Image
+
+    origin, root = served
+    q75 = root / "site-q75"
+    shutil.copytree(site, q75)
+    contract = json.loads((q75 / "model" / "contract.json").read_text())
+    contract["preprocessing"]["storage_quality"] = 75
+    (q75 / "model" / "contract.json").write_text(json.dumps(contract))
+    (root / "pngs").mkdir()
+    examples = _subset(data_dir)["examples"][:3]
+    for i, f in enumerate(examples):  # Python's model inputs, stored losslessly
+        Image.fromarray(load_gray(f, 224)).save(root / "pngs" / f"{i}.png")
+    page, _ = open_site(browser, origin, path="site-q75")
+    pngs = sorted((root / "pngs").glob("*.png"))
+    got = page.evaluate(INPUTS_JS, [f"/pngs/{p.name}" for p in pngs]
+                        + [_url(f, data_dir, originals_dir) for f in examples])
+    page.close()
+    for f, b64 in zip(pngs + examples, got):
+        browser_input = np.frombuffer(base64.b64decode(b64), np.uint8).reshape(224, 224)
+        diff = np.abs(browser_input.astype(int) - load_gray(f, 224, storage_quality=75))
+        if f.suffix == ".png":
+            assert diff.max() == 0, f
+        else:  # the draft's rounding moves a few DCT coefficients across a quantization step
+            assert diff.mean() < 0.6, (f, diff.mean(), diff.max())
+
+
 def test_scores_equal_pneumoscan_predict(page, data_dir, originals_dir):
     files = [f for group in _subset(data_dir).values() for f in group]
     got = page.evaluate(SCORE_JS, [[_url(f, data_dir, originals_dir) for f in files], False])
@@ -135,6 +172,15 @@ def test_scores_equal_pneumoscan_predict(page, data_dir, originals_dir):
         assert b["etiology"] == r["etiology"] is None
     print(f"max |dp| over {len(files)} images: {worst:.2e}")
     assert worst <= TOLERANCE
+    # The fields of POST /v1/predict (serve/app.py), plus the CAM at feature resolution.
+    keys = page.evaluate("""async (u) => { const r = await window.pneumoscan.score(
+        await (await fetch(u)).blob()); return [Object.keys(r), Object.keys(r.model),
+        Object.keys(r.ood)]; }""", _url(files[0], data_dir, originals_dir))
+    assert set(keys[0]) == {"probability", "label", "class_probabilities", "etiology",
+                            "threshold", "model", "ood", "warnings", "heatmap_png",
+                            "elapsed_ms", "heatmap"}
+    assert set(keys[1]) == {"name", "version", "checkpoint_sha256", "runtime"}
+    assert set(keys[2]) == {"flagged", "score", "threshold"}
 
 
 def test_browser_heatmap_is_the_python_grad_cam(page, data_dir, originals_dir):
@@ -238,3 +284,20 @@ def test_serve_offers_the_same_page_with_a_switch(browser, site, tmp_path):
         page.click("#mode-server")
         page.wait_for_url(f"{url}/")
     assert all(u.startswith(url) or u.startswith("blob:") for u in requests)
+
+
+def test_files_dropped_on_the_page_are_scored(page):
+    """A drop (a DataTransfer built in the page: what the OS hands over for dropped files)."""
+    transfer = page.evaluate_handle("""async () => {
+        const t = new DataTransfer();
+        for (const [url, name] of [["/examples/NORMAL/NORMAL2-IM-1427-0001.jpeg", "a.jpeg"],
+                                   ["/site/style.css", "b.jpeg"]]) {
+          t.items.add(new File([await (await fetch(url)).blob()], name));
+        }
+        return t; }""")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.wait_for_selector("#progress-line[data-state=done]", timeout=120_000)
+    cells = page.eval_on_selector_all("#worklist tbody tr",
+                                      "rs => rs.map(r => r.cells[3].textContent)")
+    assert cells == ["NORMAL", "error"]
+    assert "b.jpeg: not a readable image" in page.inner_text("#worklist tbody tr.failed")

@@ -49,12 +49,12 @@ def serve_root(root: Path, site: Path, **folders: Path) -> Path:
     return root
 
 
-def open_site(browser, origin: str, timeout_ms: int = 120_000):
+def open_site(browser, origin: str, timeout_ms: int = 120_000, path: str = "site"):
     """A new page on the site, model loaded; returns (page, every URL it requested)."""
     page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
-    page.goto(f"{origin}/site/")
+    page.goto(f"{origin}/{path}/")
     page.wait_for_selector("body[data-ready=true]", timeout=timeout_ms)
     return page, requests
 

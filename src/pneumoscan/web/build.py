@@ -97,12 +97,16 @@ def build_site(out_dir: str | Path, model: str | Path | None = None,
         >>> build_site("site", None, lambda: images)["path"]
         'site'
     """
-    from ..export import _refuse_ensemble
+    from ..export import ExportError, _refuse_ensemble
     from ..runtime import cached_onnx
 
     _refuse_ensemble(model)
     vendor = check_vendor()
     net, ckpt = checkpoint.load(model)
+    prep = ckpt.preprocessing
+    if (prep.interpolation, prep.resize) != ("bilinear", "squash"):
+        raise ExportError(f"the browser site resizes as Pillow's bilinear squash only; this "
+                          f"model's preprocessing is {prep.interpolation} / {prep.resize}")
     graph = cached_onnx(net, ckpt, parity_images or (lambda: np.zeros((0, 1, 1), np.uint8)))
     out = Path(out_dir)
     for sub in ("app", "model", "ort"):
@@ -148,14 +152,12 @@ def site_for_server(model: str | Path | None, out_dir: str | Path) -> str | None
     ensemble."""
     import logging
 
-    from ..export import ExportError
-
     try:
         build_site(out_dir, model, server="../")
-    except ExportError as e:
+    except Exception as e:  # noqa: BLE001 (an optional page must never stop the server)
         logging.getLogger("pneumoscan.serve").warning(
             "'on this computer' is off: %s (a `pneumoscan predict` or `pneumoscan export "
             "--web` run on a few X-rays exports and checks the ONNX graph once)",
-            str(e).splitlines()[0])
+            (str(e).splitlines() or [type(e).__name__])[0])
         return None
     return str(out_dir)

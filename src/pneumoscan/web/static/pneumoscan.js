@@ -43,6 +43,7 @@ export async function load() {
   const ood = contract.ood
     ? oodStats(await (await fetchOk("model/" + contract.ood.file)).arrayBuffer(), contract.ood)
     : null;
+  const t1 = performance.now();
   const session = await ort.InferenceSession.create(new Uint8Array(graph), {
     executionProviders: ["wasm"], graphOptimizationLevel: "all",
     // One image per run: a fixed batch lets the padding arithmetic (Shape -> ... -> Pad,
@@ -50,8 +51,11 @@ export async function load() {
     freeDimensionOverrides: { batch: 1 },
   });
   const model = { contract, session, ood, size: contract.preprocessing.input_size };
+  const t2 = performance.now();
   await forward(model, new Uint8Array(model.size * model.size));
   model.loadMs = performance.now() - t0;
+  // fetch: contract, graph, OOD statistics; session: WebAssembly start-up + graph set-up.
+  model.timings = { fetch: t1 - t0, session: t2 - t1, warmup: performance.now() - t2 };
   return model;
 }
 
@@ -65,8 +69,25 @@ function context(width, height) {
   return canvas.getContext("2d", { willReadFrequently: true });
 }
 
-// A file's bytes -> {input: (size*size) uint8 gray, width, height, warnings}, or ScoreError.
-export async function decode(blob, name, size) {
+// transforms.store_as_jpeg (Preprocessing.storage_quality): one JPEG encode-decode round trip
+// of the resized gray image, with the browser's libjpeg at the same quality.
+async function storeAsJpeg(gray, size, quality) {
+  const c = new OffscreenCanvas(size, size);
+  const ctx = c.getContext("2d", { willReadFrequently: true });
+  const img = new ImageData(size, size);
+  for (let i = 0; i < gray.length; i++) img.data.set([gray[i], gray[i], gray[i], 255], 4 * i);
+  ctx.putImageData(img, 0, 0);
+  const jpeg = await c.convertToBlob({ type: "image/jpeg", quality: quality / 100 });
+  const bitmap = await createImageBitmap(jpeg, { colorSpaceConversion: "none" });
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return grayFromRGBA(ctx.getImageData(0, 0, size, size).data, size, size);
+}
+
+// A file's bytes -> {input: (size*size) uint8 gray, width, height, warnings}, or ScoreError;
+// `prep` is the contract's preprocessing.
+export async function decode(blob, name, prep) {
+  const size = prep.input_size;
   if (blob.size === 0) throw new ScoreError(`${name}: empty file (0 bytes)`);
   const head = new Uint8Array(await blob.slice(0, 132).arrayBuffer());
   if (String.fromCharCode(...head.subarray(128, 132)) === "DICM") {
@@ -97,7 +118,9 @@ export async function decode(blob, name, size) {
     const warnings = [];
     // The browser reads a 16-bit PNG as 8 bits; Python stretches its own range instead.
     if (isPng && head[24] === 16) warnings.push("16-bit PNG: read as 8 bits in the browser; the server may score it differently");
-    return { input: toModelInput(gray, width, height, size, isJpeg), width, height, warnings };
+    let input = toModelInput(gray, width, height, size, isJpeg);
+    if (prep.storage_quality > 0) input = await storeAsJpeg(input, size, prep.storage_quality);
+    return { input, width, height, warnings };
   } finally {
     bitmap.close();
   }
@@ -258,7 +281,7 @@ export function createApi() {
     const t0 = performance.now();
     const model = await ready;
     const name = options.name || blob.name || "image";
-    const decoded = await decode(blob, name, model.size);
+    const decoded = await decode(blob, name, model.contract.preprocessing);
     const result = await scoreInput(model, decoded, t0);
     result.heatmap_png = null;
     if (options.explain && result.heatmap) {
@@ -269,7 +292,7 @@ export function createApi() {
   }
   async function input(blob) { // the model input (uint8 gray, size x size), for tests
     const model = await ready;
-    return (await decode(blob, blob.name || "image", model.size)).input;
+    return (await decode(blob, blob.name || "image", model.contract.preprocessing)).input;
   }
   return { ready, score, input, ScoreError };
 }

@@ -15,6 +15,7 @@ api.ready.then((model) => {
     "Images are read and scored in this browser; nothing leaves this computer.";
   $("status").dataset.state = "ready";
   $("status").dataset.loadMs = String(model.loadMs);
+  $("status").dataset.timings = JSON.stringify(model.timings);
   document.body.dataset.ready = "true";
   if (model.contract.server) $("mode-switch").hidden = false;
 }, (e) => {
@@ -35,7 +36,7 @@ async function run() {
   $("progress-line").hidden = false;
   const model = await api.ready;
   // Decoding (off the main thread in the browser) of the next file overlaps the model run.
-  const start = (job) => decode(job.file, job.name, model.size).then(
+  const start = (job) => decode(job.file, job.name, model.contract.preprocessing).then(
     (d) => ({ job, d }), (e) => ({ job, e }));
   let next = queue.length ? start(queue.shift()) : null;
   while (next) {
