@@ -106,19 +106,22 @@ def _url(path: Path, roots: dict[str, Path]) -> str:
     raise ValueError(path)
 
 
-def parity(page, sets: dict[str, list[Path]], roots: dict[str, Path]) -> list[dict]:
+def parity(page, sets: dict[str, list[Path]], roots: dict[str, Path],
+           model: str | None = None) -> list[dict]:
     rows = []
     for name, files in sets.items():
         wall = time.perf_counter()
         got = page.evaluate(SCORE_JS, [[_url(f, roots) for f in files], False])
         wall = time.perf_counter() - wall
-        ref = python_predictions(files)
+        ref = python_predictions(files, *(["--model", model] if model else []))
         dp = np.array([abs(g["probability"] - ref[str(f)]["probability"])
                        for f, g in zip(files, got)])
         rows.append({"set": name, "n": len(files), "max_dp": float(dp.max()),
                      "mean_dp": float(dp.mean()),
                      "labels_equal": sum(g["label"] == ref[str(f)]["label"]
                                          for f, g in zip(files, got)),
+                     "etiology_equal": sum(g["etiology"] == ref[str(f)]["etiology"]
+                                           for f, g in zip(files, got)),
                      "ood_equal": sum(g["ood"]["flagged"] == ref[str(f)]["ood"]
                                       for f, g in zip(files, got)),
                      "ms_median": statistics.median(g["elapsed_ms"] for g in got),
@@ -176,6 +179,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--n-worklist", type=int, default=200)
     ap.add_argument("--loads", type=int, default=3)
+    ap.add_argument("--model", default=None, help="run folder or shipped name (default model)")
+    ap.add_argument("--parity-only", action="store_true", help="only the parity table")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -187,7 +192,7 @@ def main() -> None:
         from pneumoscan.web import build_site
         from pneumoscan.web.build import parity_images
 
-        build_site(site, None, lambda: parity_images(None, data))
+        build_site(site, args.model, lambda: parity_images(args.model, data))
     roots = {"examples": EXAMPLES, "originals": originals, "data": data}
     root = serve_root(tmp / "root", site, **roots)
     tests = sorted((data / "test").rglob("*.jpeg"))
@@ -210,7 +215,7 @@ def main() -> None:
               f"start (other jobs included); headless chromium, WebAssembly, 1 thread",
               flush=True)
         loads = []
-        for _ in range(args.loads):  # a fresh context each time: nothing cached
+        for _ in range(0 if args.parity_only else args.loads):  # fresh contexts: no cache
             ctx = browser.new_context()
             page = ctx.new_page()
             cpu0, t = _cpu_seconds(pids()), time.perf_counter()
@@ -228,13 +233,17 @@ def main() -> None:
               + ", ".join(f"{c:.0f}" for _, _, c in loads), flush=True)
         page, requests = open_site(browser, origin)
         print("\n| set | n | max abs dp | mean abs dp | labels equal | OOD flags equal | "
-              "median ms/image (API, end to end) |")
-        print("|---|---|---|---|---|---|---|", flush=True)
+              "etiology equal | median ms/image (API, end to end) |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
         for name, files in sets.items():
-            r = parity(page, {name: files}, roots)[0]
+            r = parity(page, {name: files}, roots, args.model)[0]
             print(f"| {r['set']} | {r['n']} | {r['max_dp']:.4f} | {r['mean_dp']:.5f} | "
                   f"{r['labels_equal']}/{r['n']} | {r['ood_equal']}/{r['n']} | "
+                  f"{r['etiology_equal']}/{r['n']} | "
                   f"{r['ms_median']:.0f} |", flush=True)
+        if args.parity_only:
+            browser.close()
+            return
         cam = gradcam_extra(page, sets["examples"][:8], roots)
         print(f"\nGrad-CAM: median ms/image {cam['score_ms']:.0f} without, "
               f"{cam['score_with_heatmap_png_ms']:.0f} with the CAM rendered to a PNG "

@@ -301,3 +301,42 @@ def test_files_dropped_on_the_page_are_scored(page):
                                       "rs => rs.map(r => r.cells[3].textContent)")
     assert cells == ["NORMAL", "error"]
     assert "b.jpeg: not a readable image" in page.inner_text("#worklist tbody tr.failed")
+
+
+def test_three_class_model_with_a_storage_round_trip(browser, tmp_path, data_dir,
+                                                     originals_dir):
+    """The shipped etiology model (3 classes, inputs stored as q75 JPEG after the resize):
+    class probabilities, etiology and label as `pneumoscan predict --model etiology`."""
+    from pneumoscan.cli import main
+
+    site = tmp_path / "site"
+    assert main(["export", "--web", str(site), "--model", "etiology",
+                 "--data", str(data_dir)]) == 0
+    contract = json.loads((site / "model" / "contract.json").read_text())
+    assert contract["labels"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert contract["preprocessing"]["storage_quality"] == 75
+    pick = _subset(data_dir)
+    files = pick["examples"][::4] + pick["test"][::5]
+    root = serve_root(tmp_path / "root", site, examples=EXAMPLES, data=data_dir,
+                      originals=originals_dir)
+    with static_server(root) as origin:
+        page, requests = open_site(browser, origin)
+        got = page.evaluate(SCORE_JS, [[_url(f, data_dir, originals_dir) for f in files],
+                                       True])
+        page.close()
+    assert all(u.startswith(origin) or u.startswith("blob:") for u in requests)
+    ref = python_predictions(files, "--model", "etiology")
+    worst = {}
+    for f, b in zip(files, got):
+        r = ref[str(f)]
+        assert (b["label"], b["etiology"]) == (r["label"], r["etiology"]), f
+        dp = max(abs(b["class_probabilities"][k] - v) for k, v in r["class_probabilities"].items())
+        dp = max(dp, abs(b["probability"] - r["probability"]))
+        kind = "copies" if f.is_relative_to(data_dir) else "originals"
+        worst[kind] = max(worst.get(kind, 0.0), dp)
+        assert b["png"] > 1000 and max(b["heatmap"]["data"]) == 1.0
+    print(f"etiology model, max |dp| over any class: {worst}")
+    assert worst["copies"] <= TOLERANCE
+    # Known gap (docs/browser.md): a full-size original's draft rounding (~1 pixel in 10 off
+    # by one) moves some DCT coefficients across a q75 quantization step in the round trip.
+    assert worst["originals"] <= 3 * TOLERANCE

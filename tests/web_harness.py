@@ -90,12 +90,12 @@ INPUTS_JS = """async (urls) => {
 }"""
 
 
-def python_predictions(paths: list[Path]) -> dict[str, dict]:
+def python_predictions(paths: list[Path], *extra: str) -> dict[str, dict]:
     """`pneumoscan predict --format json` on the files (the CLI's default runtime), by path."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-m", "pneumoscan.cli", "predict", "--format", "json",
-                          *map(str, paths)], env=env, capture_output=True, text=True)
+                          *extra, *map(str, paths)], env=env, capture_output=True, text=True)
     if out.returncode not in (0, 1):  # 1: some file could not be read
         raise RuntimeError(out.stderr)
     return {p["path"]: p for p in json.loads(out.stdout)["predictions"]}
