@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean vendor-ort
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,17 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+# The ONNX Runtime Web files the browser site ships are vendored (pinned, with their licence);
+# this refreshes them from npm (needs npm). Then update the sha256s in VERSION.json.
+ORT_WEB := 1.30.0
+ORT_DIR := src/pneumoscan/web/vendor/onnxruntime-web
+vendor-ort:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack -q onnxruntime-web@$(ORT_WEB) >/dev/null \
+	  && tar xzf onnxruntime-web-$(ORT_WEB).tgz \
+	  && cp package/dist/ort.wasm.bundle.min.mjs package/dist/ort-wasm-simd-threaded.wasm \
+	     $(CURDIR)/$(ORT_DIR)/ && rm -rf $$tmp
+	cd $(ORT_DIR) && sha256sum ort.wasm.bundle.min.mjs ort-wasm-simd-threaded.wasm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

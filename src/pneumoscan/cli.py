@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model.onnx", help="the .onnx file to write")
     p.add_argument("--int8", action="store_true",
                    help="also write <out>.int8.onnx, statically quantized on val images")
+    p.add_argument("--web", default=None, metavar="DIR",
+                   help="instead, write a static site into DIR that screens X-rays in the "
+                        "browser (ONNX Runtime Web): images never leave the user's machine")
 
     p = sub.add_parser("bench", help="speed figures of every runtime, side by side")
     _data_arg(p)
@@ -446,9 +449,32 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def _refuse_shipped(args, verb: str) -> str | None:
+    """Commands that rewrite a model need an explicit --model that is not a shipped model
+    (the installed package is never modified); the message, or None when it may go on."""
+    from .checkpoint import CheckpointError, resolve, shipped_models
+
+    if args.model is None:
+        return (f"pneumoscan {verb}: --model RUN is required: it rewrites that run's "
+                f"model.json (the shipped models are never modified; copy one into a folder "
+                f"of yours first)")
+    try:
+        folder = resolve(args.model).resolve()
+    except CheckpointError:
+        return None  # the command itself reports the bad path
+    if any(folder == d.resolve() for d in shipped_models().values()):
+        return (f"pneumoscan {verb}: {args.model} is a shipped model inside the installed "
+                f"package and is never modified; copy it into a folder of yours first")
+    return None
+
+
 def cmd_calibrate(args) -> int:
     if args.site:
         return _calibrate_site(args)
+    refusal = _refuse_shipped(args, "calibrate")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return USAGE_ERROR
     from .calibration import calibrate
 
     s = calibrate(args.model, _data_dir(args))
@@ -493,6 +519,10 @@ def _calibrate_site(args) -> int:
 
 
 def cmd_fit_ood(args) -> int:
+    refusal = _refuse_shipped(args, "fit-ood")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return USAGE_ERROR
     from .ood import fit_for_run
 
     g = fit_for_run(args.model, _data_dir(args), args.target_false_reject)
@@ -630,6 +660,8 @@ def cmd_dicomweb(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_from_data
 
+    if args.web:
+        return _export_web(args)
     report = export_from_data(args.model, args.out, _data_dir(args), int8=args.int8)
     for kind, r in report.items():
         print(f"{kind}: {r['path']}  parity on {r['n']} val images: max |dp| "
@@ -637,6 +669,17 @@ def cmd_export(args) -> int:
         if len(r["max_abs_class_prob_diff"]) > 2:  # a K-class model: every class checked
             print("  per class max |dp|: " + ", ".join(
                 f"{k} {v:.2e}" for k, v in r["max_abs_class_prob_diff"].items()))
+    return 0
+
+
+def _export_web(args) -> int:
+    from .web import build_site
+    from .web.build import parity_images
+
+    report = build_site(args.web, args.model, lambda: parity_images(args.model, _data_dir(args)))
+    print(f"site: {report['path']} ({report['bytes'] / 2**20:.1f} MiB, ONNX Runtime Web "
+          f"{report['onnxruntime_web']}); serve the folder as it is, e.g. "
+          f"python -m http.server -d {report['path']} -b 127.0.0.1")
     return 0
 
 
