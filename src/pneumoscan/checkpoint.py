@@ -172,6 +172,18 @@ def _pickled_weights(path: Path, allow_pickle: bool) -> tuple[dict, Path]:
     return state, folder
 
 
+def _check_sha256(path: Path, expected: str | None, key: str) -> None:
+    """A file the contract names by checksum must be that file: a tampered or swapped weights
+    file (e.g. a negated classifier) would otherwise silently invert decisions."""
+    if not expected or not path.is_file():
+        return  # older contracts carry no checksum; a missing file is reported when read
+    found = file_sha256(path)
+    if found != expected:
+        raise CheckpointError(f"{path}: sha256 {found[:12]}... does not match {key} "
+                              f"{expected[:12]}... in {META}: the file was changed after the "
+                              f"model was saved; refusing to load it")
+
+
 def load(path: str | Path | None = None,
          allow_pickle: bool = False) -> tuple[nn.Module, Checkpoint]:
     """Load a model in eval mode (float32, CPU) and its checkpoint contract.
@@ -201,6 +213,7 @@ def load(path: str | Path | None = None,
             state = load_file(folder / WEIGHTS)
         except Exception as e:  # noqa: BLE001 (SafetensorError, OSError)
             raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
+        _check_sha256(folder / WEIGHTS, ckpt.extra.get("weights_sha256"), "weights_sha256")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
@@ -219,4 +232,5 @@ def load(path: str | Path | None = None,
             ckpt.ood_stats = {k: v.numpy() for k, v in load_file(folder / OOD).items()}
         except Exception as e:  # noqa: BLE001 (SafetensorError, OSError)
             raise CheckpointError(f"{folder / OOD}: unreadable OOD statistics ({e})") from None
+        _check_sha256(folder / OOD, ckpt.extra["ood"].get("sha256"), "ood.sha256")
     return model.eval(), ckpt

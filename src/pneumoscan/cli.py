@@ -40,6 +40,13 @@ def _tta_arg(p: argparse.ArgumentParser) -> None:
                         "(7 passes; the stored threshold was chosen without it)")
 
 
+def _dicom_out_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="for each DICOM input, write a Secondary Capture (overlay + result "
+                        "burnt in) and a Structured Report into DIR, in the input's study "
+                        "(docs/dicom.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumoscan",
@@ -141,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--explain", default=None, metavar="DIR",
                    help="also write a Grad-CAM overlay PNG per image into DIR")
+    _dicom_out_arg(p)
     p.add_argument("--bf16", action="store_true",
                    help="torch runtime: bf16 autocast (faster on AVX-512 BF16 CPUs; may flip "
                         "labels near the threshold)")
@@ -158,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--save-npy", action="store_true",
                    help="also write the raw map (original size, float32 in [0, 1]) as .npy")
+    _dicom_out_arg(p)
 
     p = sub.add_parser("export", help="export a model to ONNX (+ INT8), parity-checked")
     _data_arg(p)
@@ -186,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="torch",
                    help="onnx/auto: the ONNX Runtime graph `pneumoscan predict` exported and "
                         "checked (auto falls back to torch when there is none)")
+
+    p = sub.add_parser("dicomweb", help="score CR/DX studies of a DICOMweb server and store "
+                                        "SC + SR results back (docs/dicom.md)")
+    p.add_argument("url", help="DICOMweb root, e.g. http://localhost:8042/dicom-web")
+    p.add_argument("--once", action="store_true", help="one pass, print its summary, exit")
+    p.add_argument("--study", default=None, metavar="UID", help="only this study")
+    p.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between passes without --once (default 60)")
+    p.add_argument("--spool", default=None, metavar="DIR",
+                   help="results not yet stored wait here (default: "
+                        "$PNEUMOSCAN_CACHE/dicomweb-spool)")
+    p.add_argument("--retries", type=int, default=4,
+                   help="retries of a request to a server that is down (default 4)")
+    p.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
+                   help="wait before the first retry, doubled each time (default 1)")
+    p.add_argument("--model", default=None,
+                   help="run folder or its model.json (default: the shipped model)")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="as predict's --runtime (Grad-CAM always uses the torch model)")
     return parser
 
 
@@ -421,9 +449,32 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def _refuse_shipped(args, verb: str) -> str | None:
+    """Commands that rewrite a model need an explicit --model that is not a shipped model
+    (the installed package is never modified); the message, or None when it may go on."""
+    from .checkpoint import CheckpointError, resolve, shipped_models
+
+    if args.model is None:
+        return (f"pneumoscan {verb}: --model RUN is required: it rewrites that run's "
+                f"model.json (the shipped models are never modified; copy one into a folder "
+                f"of yours first)")
+    try:
+        folder = resolve(args.model).resolve()
+    except CheckpointError:
+        return None  # the command itself reports the bad path
+    if any(folder == d.resolve() for d in shipped_models().values()):
+        return (f"pneumoscan {verb}: {args.model} is a shipped model inside the installed "
+                f"package and is never modified; copy it into a folder of yours first")
+    return None
+
+
 def cmd_calibrate(args) -> int:
     if args.site:
         return _calibrate_site(args)
+    refusal = _refuse_shipped(args, "calibrate")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return USAGE_ERROR
     from .calibration import calibrate
 
     s = calibrate(args.model, _data_dir(args))
@@ -468,6 +519,10 @@ def _calibrate_site(args) -> int:
 
 
 def cmd_fit_ood(args) -> int:
+    refusal = _refuse_shipped(args, "fit-ood")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return USAGE_ERROR
     from .ood import fit_for_run
 
     g = fit_for_run(args.model, _data_dir(args), args.target_false_reject)
@@ -494,9 +549,9 @@ def cmd_predict(args) -> int:
         return USAGE_ERROR
     predictor = make_predictor(args.model, args.runtime, paths, args.onnx, bf16=args.bf16,
                                allow_pickle=args.allow_pickle, tta=args.tta)
-    if args.explain and predictor.model is None:
-        print("pneumoscan predict: --explain needs one model's weights (not an ensemble or "
-              "only an --onnx file); explain a member run instead", file=sys.stderr)
+    if (args.explain or args.dicom_out) and predictor.model is None:
+        print("pneumoscan predict: --explain and --dicom-out need one model's weights (not an "
+              "ensemble or only an --onnx file); explain a member run instead", file=sys.stderr)
         return USAGE_ERROR
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error", "ood", "ood_score"]
@@ -530,20 +585,38 @@ def cmd_predict(args) -> int:
         ok = [r["path"] for r in rows if not r["error"]]
         _write_explanations(Explainer(predictor.model, predictor.ckpt), ok, "gradcam",
                             args.explain, save_npy=False)
+    if args.dicom_out:
+        from .dicom.files import write_for_predictions
+
+        written = write_for_predictions(predictor.model, predictor.ckpt, rows, args.dicom_out)
+        print(f"{len(written)} DICOM result files in {args.dicom_out}", file=sys.stderr)
     return SOME_FAILED if any(r["error"] for r in rows) else 0
 
 
 def _write_explanations(explainer, paths: list[str], method: str, out: str,
-                        save_npy: bool) -> list[dict]:
+                        save_npy: bool, dicom_out: str | None = None) -> list[dict]:
     from .explain import save
 
-    rows, taken = [], set()
+    rows, taken, not_dicom, n_dicom = [], set(), [], 0
     progress = len(paths) > 1 or method == "occlusion"  # occlusion: seconds per image
     for e in explainer.iter_explain(paths, method, progress=progress):
         png = None if e.error else save(e, out, explainer.ckpt.threshold, save_npy, taken)
+        if dicom_out and not e.error:
+            from .dicom.files import write_for_explanation
+            from .transforms import is_dicom
+
+            if is_dicom(e.path):
+                n_dicom += len(write_for_explanation(e, explainer.ckpt, dicom_out))
+            else:
+                not_dicom.append(e.path)
         rows.append({"path": e.path, "probability": e.probability, "label": e.label,
                      "png": png and str(png), "error": e.error,
                      "class_probabilities": e.class_probabilities, "etiology": e.etiology})
+    if dicom_out:
+        from .dicom.files import notice_non_dicom
+
+        notice_non_dicom(not_dicom)
+        print(f"{n_dicom} DICOM result files in {dicom_out}", file=sys.stderr)
     return rows
 
 
@@ -553,7 +626,7 @@ def cmd_explain(args) -> int:
 
     explainer = Explainer.from_checkpoint(args.model)
     rows = _write_explanations(explainer, expand_inputs(args.paths), args.method, args.out,
-                               args.save_npy)
+                               args.save_npy, args.dicom_out)
     columns, flat = ["path", "probability", "label", "png"], rows
     if len(explainer.ckpt.labels) > 2:  # a K-class model: each class's probability, etiology
         names = [f"p_{name}" for name in explainer.ckpt.labels]
@@ -566,6 +639,22 @@ def cmd_explain(args) -> int:
         if r["error"]:
             print(f"error: {r['error']}", file=sys.stderr)
     return SOME_FAILED if any(r["error"] for r in rows) else 0
+
+
+def cmd_dicomweb(args) -> int:
+    from .dicom.loop import run
+    from .dicom.web import Retry
+
+    def report(summary):
+        print(summary.text(), flush=True)
+
+    try:
+        summary = run(args.url, args.model, args.runtime, args.once, args.study, args.poll,
+                      args.spool, Retry(args.retries, args.backoff), report)
+    except KeyboardInterrupt:  # the spool keeps what was scored and not yet stored
+        print("pneumoscan dicomweb: interrupted", file=sys.stderr)
+        return SOME_FAILED
+    return 0 if summary.ok else SOME_FAILED
 
 
 def cmd_export(args) -> int:
@@ -623,7 +712,8 @@ COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
             "ensemble": cmd_ensemble,
             "predict": cmd_predict, "calibrate": cmd_calibrate,
             "fit-ood": cmd_fit_ood, "model-card": cmd_model_card,
-            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve,
+            "dicomweb": cmd_dicomweb}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -632,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("highdicom", "httpx"):  # a line per copied module, per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DatasetNotFound
