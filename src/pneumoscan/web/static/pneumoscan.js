@@ -2,7 +2,7 @@
 // graph; decoding, the decision rules, the OOD gate and the CAM follow the Python contract
 // (model/contract.json). No request leaves this site's folder.
 import * as ort from "../ort/ort.wasm.bundle.min.mjs";
-import { grayFromRGBA, resizeFloat, toModelInput } from "./preprocess.js";
+import { grayFromRGBA, jpegLumaTable, resizeFloat, toModelInput } from "./preprocess.js";
 
 const SITE = new URL("../", import.meta.url);
 const MAX_PIXELS = 100_000_000; // transforms.MAX_PIXELS
@@ -118,7 +118,9 @@ export async function decode(blob, name, prep) {
     const warnings = [];
     // The browser reads a 16-bit PNG as 8 bits; Python stretches its own range instead.
     if (isPng && head[24] === 16) warnings.push("16-bit PNG: read as 8 bits in the browser; the server may score it differently");
-    let input = toModelInput(gray, width, height, size, isJpeg);
+    const quant = isJpeg && prep.storage_quality > 0
+      ? jpegLumaTable(new Uint8Array(await blob.slice(0, 1 << 18).arrayBuffer())) : null;
+    let input = toModelInput(gray, width, height, size, isJpeg, quant);
     if (prep.storage_quality > 0) input = await storeAsJpeg(input, size, prep.storage_quality);
     return { input, width, height, warnings };
   } finally {
