@@ -1,10 +1,20 @@
-# Each target installs what it needs into .venv first.
+# Each target installs what it needs first, so both work on a fresh machine:
+#   make demo   the inference install only (no PyTorch) in .venv-infer, then screens examples/
+#   make test   everything (training extra + dev tools) in .venv, then the test suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+INFER := .venv-infer
+INFER_STAMP := $(INFER)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs wheel-check bench clean
+
+$(INFER_STAMP): pyproject.toml
+	test -x $(INFER)/bin/python || $(PY) -m venv $(INFER)
+	$(INFER)/bin/pip install -q --upgrade pip
+	$(INFER)/bin/pip install -q -e .
+	touch $(INFER_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,8 +24,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/pneumoscan predict examples/
+demo: $(INFER_STAMP)
+	$(INFER)/bin/pneumoscan predict examples/
 
 test: $(STAMP)
 	$(BIN)/pytest -q
@@ -23,8 +33,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pneumoscan bench
 
+# ruff, then the import-linter contracts of pyproject.toml (the layers of src/pneumoscan).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+
+# The wheel, installed into a clean virtual environment without torch: predict, explain, serve.
+wheel-check: $(STAMP)
+	PY=$(BIN)/python .ci/wheel_check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(INFER) .pytest_cache .ruff_cache dist site

@@ -18,9 +18,10 @@ from gap_cache import load_cache
 
 from pneumoscan import adapt, checkpoint
 from pneumoscan.config import config_from_dict
+from pneumoscan.core.decisions import probabilities_from_logits
 from pneumoscan.data import scan, select
+from pneumoscan.inference.torch_backend import predict_arrays
 from pneumoscan.metrics import headline_metrics
-from pneumoscan.predict import predict_arrays, probabilities_from_logits
 from pneumoscan.transforms import load_many
 
 

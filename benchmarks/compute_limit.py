@@ -26,7 +26,7 @@ from pneumoscan import checkpoint
 from pneumoscan.bench import machine, median_time
 from pneumoscan.data import default_data_dir
 from pneumoscan.export import export_model
-from pneumoscan.predict import expand_inputs
+from pneumoscan.inference.predictor import expand_inputs
 from pneumoscan.transforms import load_gray, load_many
 
 

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan import checkpoint, tta
+from pneumoscan import checkpoint
 from pneumoscan.config import config_from_dict
+from pneumoscan.core.decisions import probabilities_from_logits
 from pneumoscan.data import load_records, select
 from pneumoscan.export import onnx_logits
+from pneumoscan.inference import tta
+from pneumoscan.inference.torch_backend import predict_logits
 from pneumoscan.metrics import headline_metrics
-from pneumoscan.predict import predict_logits, probabilities_from_logits
 from pneumoscan.transforms import load_many
 
 

@@ -20,8 +20,8 @@ from threadpoolctl import threadpool_limits
 from pneumoscan import ood
 from pneumoscan.data import default_data_dir
 from pneumoscan.export import onnx_outputs
-from pneumoscan.predict import expand_inputs
-from pneumoscan.runtime import make_predictor
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.inference.runtime import make_predictor
 from pneumoscan.transforms import load_many
 
 

@@ -10,8 +10,8 @@ import torch
 
 from pneumoscan import adapt, checkpoint
 from pneumoscan.cli import main
+from pneumoscan.inference.torch_backend import predict_arrays
 from pneumoscan.metrics import auroc
-from pneumoscan.predict import predict_arrays
 from pneumoscan.transforms import load_many
 
 

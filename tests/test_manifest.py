@@ -9,7 +9,7 @@ from pneumoscan import cache
 from pneumoscan.cli import main
 from pneumoscan.config import load_config
 from pneumoscan.data import load_records, select
-from pneumoscan.manifest import ManifestError, read_manifest
+from pneumoscan.data.manifest import ManifestError, read_manifest
 from pneumoscan.train import fit
 
 

@@ -12,6 +12,7 @@ from pneumoscan.cli import main
 from pneumoscan.config import config_from_dict
 from pneumoscan.data import scan, select
 from pneumoscan.evaluate import evaluate
+from pneumoscan.inference.torch_backend import predict_arrays
 from pneumoscan.metrics import (
     MULTICLASS_CI_KEYS,
     map_threshold,
@@ -21,7 +22,6 @@ from pneumoscan.metrics import (
     weighted_multiclass,
 )
 from pneumoscan.model_card import write_model_card
-from pneumoscan.predict import predict_arrays
 from pneumoscan.transforms import load_many
 
 SECTIONS = ("headline", "operating-points", "curves", "calibration", "errors", "provenance")

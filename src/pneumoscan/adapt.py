@@ -26,8 +26,8 @@ from torch import nn
 from . import checkpoint
 from .data import load_records
 from .evaluate import split_images
+from .inference.torch_backend import predict_arrays
 from .metrics import headline_metrics
-from .predict import predict_arrays
 from .transforms import to_model_input
 
 METHODS = ("bn", "em", "bn+em")

@@ -20,7 +20,10 @@ import torch
 from PIL import Image
 
 from . import checkpoint
-from .predict import Predictor, expand_inputs
+from .inference.onnx import OnnxBackend
+from .inference.predictor import Predictor, expand_inputs
+from .inference.runtime import make_predictor
+from .inference.torch_backend import torch_predictor
 
 # fp32 peak = cores x clock x SIMD lanes x 2 (an FMA is two FLOPs) x FMA pipes per core.
 FP32_LANES = {"avx512f": 16, "avx2": 8}
@@ -182,10 +185,11 @@ def training_steps(model_name: str, size: int, steps: int) -> list[dict]:
 def fidelity(model, ckpt, onnx_paths: dict, data_dir: Path) -> list[dict]:
     """Every test image: max |probability difference| vs fp32 torch, label flips at the
     stored threshold and AUROC, for each fast form. Reporting only; nothing is chosen on it."""
+    from .core.decisions import probabilities_from_logits
     from .data import scan, select
     from .export import onnx_logits
+    from .inference.torch_backend import predict_arrays
     from .metrics import auroc
-    from .predict import predict_arrays, probabilities_from_logits
     from .transforms import load_many
 
     records = select(scan(data_dir), "test", 0.1, 0)
@@ -210,8 +214,6 @@ def fidelity(model, ckpt, onnx_paths: dict, data_dir: Path) -> list[dict]:
 def run(opts: BenchOptions) -> dict:
     """All figures in one dict (see `format_tables`)."""
     from .export import export_from_data
-    from .onnx_predict import OnnxPredictor
-    from .runtime import make_predictor
 
     info = machine()
     model, ckpt = checkpoint.load(None)
@@ -229,17 +231,17 @@ def run(opts: BenchOptions) -> dict:
     naive = NaivePipeline(*checkpoint.load(None))
     default = make_predictor(None, "auto", originals)  # ONNX fp32 (cached export) + OOD gate
     pipelines = {"(a) naive: full decode, fp32 NCHW, batch 1": naive.predict,
-                 f"(b) pneumoscan default ({type(default).__name__}, OOD gate)": default.predict,
-                 "(b') --runtime torch (fp32 channels-last)": Predictor(model, ckpt).predict,
-                 "(b'') --runtime torch --bf16": Predictor(*checkpoint.load(None),
-                                                           bf16=True).predict}
+                 f"(b) pneumoscan default ({default.runtime}, OOD gate)": default.predict,
+                 "(b') --runtime torch (fp32 channels-last)": torch_predictor(model, ckpt).predict,
+                 "(b'') --runtime torch --bf16": torch_predictor(*checkpoint.load(None),
+                                                                 bf16=True).predict}
     for name, path in onnx_paths.items():
         pipelines[f"({'c' if 'fp32' in name else 'd'}) {name}"] = \
-            OnnxPredictor.from_onnx(path).predict
+            Predictor(*OnnxBackend.from_file(path)).predict
     repeats = 1 if opts.quick else opts.repeats
     out = {"machine": info, "repeats": repeats,
            "end_to_end": end_to_end(pipelines, sets, repeats),
-           "model_only": model_only(Predictor(model, ckpt).model,
+           "model_only": model_only(torch_predictor(model, ckpt).model,
                                     ckpt.preprocessing.input_size, repeats,
                                     info["peak_fp32_gflops"], onnx_paths)}
     if not opts.quick:

@@ -15,7 +15,10 @@ from torch import nn
 
 from . import checkpoint
 from .config import config_from_dict
+from .core.decisions import class_probabilities, probabilities_from_logits
+from .core.decisions import scaled_sigmoid as probabilities
 from .data import class_index, scan, select
+from .inference.torch_backend import predict_logits
 from .metrics import (
     binary_metrics,
     expected_calibration_error,
@@ -26,13 +29,11 @@ from .metrics import (
     sigmoid,
     threshold_for_sensitivity,
 )
-from .predict import class_probabilities, predict_logits, probabilities_from_logits
-from .predict import scaled_sigmoid as probabilities
 from .transforms import load_many
 
 
 def temperature_of(ckpt: checkpoint.Checkpoint) -> float:
-    return float(ckpt.extra.get("temperature", 1.0))  # absent in older checkpoints
+    return ckpt.temperature  # 1 in older checkpoints
 
 
 def score_records(model: nn.Module, ckpt: checkpoint.Checkpoint, records: list):

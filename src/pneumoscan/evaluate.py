@@ -6,8 +6,8 @@ from pathlib import Path
 
 from .config import config_from_dict
 from .data import DatasetNotFound, class_index, load_records, select
+from .inference.runtime import load_torch
 from .metrics import headline_metrics, multiclass_metrics
-from .predict import Predictor
 from .transforms import load_many
 
 
@@ -35,7 +35,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     `model_path` may be an ensemble folder; `tta` averages over test-time augmentations.
     """
     all_records = load_records(data_dir)  # a missing dataset is reported before the model loads
-    predictor = Predictor.from_checkpoint(model_path, allow_pickle=allow_pickle, tta=tta)
+    predictor = load_torch(model_path, allow_pickle=allow_pickle, tta=tta)
     ckpt = predictor.ckpt
     records, images, ok, errors = split_images(all_records, ckpt, split, data_dir)
     targets = [records[i].target for i in ok]

@@ -21,19 +21,25 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from .core.decisions import class_probabilities, probabilities_from_logits
+from .core.errors import ExportError
+from .inference.onnx import (  # noqa: F401 (the graph's names, for export's users)
+    FEATURES,
+    INPUT,
+    LOGIT,
+    META_KEY,
+    onnx_logits,
+    onnx_outputs,
+    read_metadata,
+)
+from .inference.torch_backend import predict_logits
 from .models import get_spec
 from .transforms import Preprocessing, to_model_input
 
 log = logging.getLogger(__name__)
 
-INPUT, LOGIT, FEATURES = "image", "logit", "features"
 N_PARITY, N_CALIBRATION = 64, 400  # carved-val images; the test split is never used here
 PARITY_TOLERANCE = 1e-3  # max |probability difference| vs PyTorch for fp32
-META_KEY = "pneumoscan.checkpoint"
-
-
-class ExportError(RuntimeError):
-    """An exported graph that does not reproduce the PyTorch model."""
 
 
 class _WithFeatures(nn.Module):
@@ -65,7 +71,7 @@ def cam_weights(model: nn.Module) -> dict | None:
 
 def output_contract(ckpt: checkpoint.Checkpoint) -> str:
     """What the `logit` output holds and how predict.class_probabilities reads it."""
-    t = float(ckpt.extra.get("temperature", 1.0))
+    t = ckpt.temperature
     if len(ckpt.labels) == 2:
         return (f"logit (B, 1): the {ckpt.labels[1]} logit; p = sigmoid(logit / T), T = {t!r}; "
                 f"{ckpt.labels[1]} when p >= threshold")
@@ -89,15 +95,6 @@ def metadata(ckpt: checkpoint.Checkpoint, model: nn.Module, extra: dict) -> dict
     return props
 
 
-def read_metadata(path: str | Path | None, session=None) -> dict:
-    """The checkpoint contract (model.json content) stored in an exported ONNX file."""
-    import onnxruntime as ort
-
-    sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    props = sess.get_modelmeta().custom_metadata_map
-    return json.loads(props[META_KEY])
-
-
 def _export_graph(model: nn.Module, ckpt: checkpoint.Checkpoint, out: Path) -> None:
     size = ckpt.preprocessing.input_size
     wrapper = _WithFeatures(model, get_spec(ckpt.model_name).target_layer(model),
@@ -119,43 +116,11 @@ def _set_metadata(path: Path, props: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def onnx_outputs(session, images: np.ndarray, batch_size: int = 32,
-                 features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N, S, S) uint8 -> logits shaped as predict.head_output gives them ((N,) binary,
-    (N, K) K-class; float32) and, if asked, the (N, C) global average of the `features`
-    output (the penultimate features the OOD gate scores), else None."""
-    from .predict import head_output
-
-    names = [LOGIT, FEATURES] if features else [LOGIT]
-    logits, pooled = [], []
-    for i in range(0, len(images), batch_size):
-        out = session.run(names, {INPUT: images[i:i + batch_size, None]})
-        logits.append(head_output(out[0]))
-        if features:
-            pooled.append(out[1].mean(axis=(2, 3), dtype=np.float32))
-    if not logits:
-        return np.zeros(0, np.float32), (np.zeros((0, 0), np.float32) if features else None)
-    return (np.concatenate(logits).astype(np.float32),
-            np.concatenate(pooled) if features else None)
-
-
-def onnx_logits(path: str | Path, images: np.ndarray, batch_size: int = 32,
-                session=None) -> np.ndarray:
-    """(N, S, S) uint8 -> (N,) binary or (N, K) class logits from an exported graph (shaped
-    as predict.head_output shapes the torch model's output)."""
-    import onnxruntime as ort
-
-    sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return onnx_outputs(sess, images, batch_size)[0]
-
-
 @torch.inference_mode()
 def parity(path: Path, model: nn.Module, ckpt: checkpoint.Checkpoint,
            images: np.ndarray) -> dict:
     """ONNX vs torch: max |pneumonia probability difference|, label flips at the stored
     threshold, and max |difference| of each class's probability (every label)."""
-    from .predict import class_probabilities, predict_logits, probabilities_from_logits
-
     z_ref, z_onnx = predict_logits(model, ckpt, images), onnx_logits(path, images)
     p_ref = probabilities_from_logits(z_ref, ckpt)
     p_onnx = probabilities_from_logits(z_onnx, ckpt)
@@ -272,9 +237,7 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
 
 
 def _refuse_ensemble(model_path) -> None:
-    from .ensemble import is_ensemble
-
-    if is_ensemble(model_path):
+    if checkpoint.contract.is_ensemble(model_path):
         raise ExportError(
             f"{model_path}: an ensemble is not exported as one ONNX graph: the ONNX contract "
             f"is one model's `logit` (read with that model's temperature) and its Grad-CAM "

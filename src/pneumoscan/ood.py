@@ -1,4 +1,5 @@
-"""Out-of-distribution gate: is this input like the chest X-rays the model was trained on?
+"""Fitting the out-of-distribution gate (torch): is this input like the chest X-rays the model
+was trained on? The score itself is inference/ood.py.
 
 The score is a Mahalanobis distance of the model's penultimate features (the global average
 of the registry's target layer, the 1280-d pre-logits of EfficientNet-Lite) to the train
@@ -11,53 +12,18 @@ split at a target false-reject rate; test is never read.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 
 from . import checkpoint
-from .models import get_spec
-from .transforms import to_model_input
+from .inference.ood import scores
+from .inference.torch_backend import logits_and_features, pooled_features  # noqa: F401
 
 COMPONENTS = 256            # principal components kept with their full covariance
 TARGET_FALSE_REJECT = 0.005  # share of val X-rays allowed above the threshold
-
-
-@contextmanager
-def pooled_features(model: nn.Module, model_name: str):
-    """While active, each forward of `model` appends its (B, C) globally averaged target-layer
-    features to the yielded list: the features come from the same forward as the logit."""
-    out: list[torch.Tensor] = []
-    hook = get_spec(model_name).target_layer(model).register_forward_hook(
-        lambda _m, _i, y: out.append(y.float().mean(dim=(2, 3))))
-    try:
-        yield out
-    finally:
-        hook.remove()
-
-
-@torch.inference_mode()
-def logits_and_features(model: nn.Module, ckpt: checkpoint.Checkpoint, images: np.ndarray,
-                        batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S) uint8 -> (N,) binary or (N, K) class float32 logits and (N, C) float32
-    penultimate features."""
-    from .predict import head_output  # predict imports this module
-
-    model.eval()
-    logits = []
-    with pooled_features(model, ckpt.model_name) as feats:
-        for i in range(0, len(images), batch_size):
-            x = to_model_input(torch.from_numpy(images[i:i + batch_size]).unsqueeze(1),
-                               ckpt.preprocessing)
-            logits.append(head_output(model(x).float()).numpy())
-    if not logits:
-        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(logits), torch.cat(feats).numpy()
 
 
 def fit_stats(train_features: np.ndarray, components: int = COMPONENTS) -> dict[str, np.ndarray]:
@@ -79,22 +45,6 @@ def fit_stats(train_features: np.ndarray, components: int = COMPONENTS) -> dict[
     return {"mean": mean.astype(np.float32), "axes": axes.astype(np.float16),
             "precision": precision.astype(np.float32),
             "residual_var": np.array([residual_var], np.float32)}
-
-
-def scores(features: np.ndarray, stats: dict) -> np.ndarray:
-    """(N, D) features -> (N,) Mahalanobis distances (float64) under the stored statistics."""
-    if len(features) == 0:  # a batch in which no file could be decoded
-        return np.zeros(0)
-    get = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
-    centred = features.astype(np.float64) - get["mean"]
-    # One BLAS thread: these products take ~0.1 ms per image, but OpenBLAS's own threads
-    # keep spinning after them and stole ~25% of the next batch's ONNX Runtime / torch
-    # forward pass (benchmarks/predict_overheads.py).
-    with threadpool_limits(1, user_api="blas"):
-        z = centred @ get["axes"].T
-        inside = np.einsum("ni,ij,nj->n", z, get["precision"], z)
-    residual = np.maximum((centred ** 2).sum(axis=1) - (z ** 2).sum(axis=1), 0.0)
-    return np.sqrt(inside + residual / get["residual_var"][0])
 
 
 def fit_gate(model: nn.Module, ckpt: checkpoint.Checkpoint, train_images: np.ndarray,
@@ -135,8 +85,3 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
     stats, meta = fit_gate(model, ckpt, arrays["train"], arrays["val"], target_false_reject)
     checkpoint.save_ood(ckpt.extra["path"], stats, meta)
     return meta
-
-
-def flag(score: float, ckpt: checkpoint.Checkpoint) -> bool | None:
-    gate = ckpt.extra.get("ood")
-    return None if gate is None else bool(score > gate["threshold"])

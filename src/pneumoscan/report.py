@@ -22,6 +22,7 @@ import torch
 from . import __version__, checkpoint, plots
 from .calibration import score_records, temperature_of
 from .config import config_from_dict
+from .core.decisions import class_probabilities, probabilities_from_logits
 from .data import DatasetNotFound, Record, scan, select
 from .metrics import (
     bootstrap_ci,
@@ -37,7 +38,6 @@ from .metrics import (
     require_both_classes,
     wilson_interval,
 )
-from .predict import class_probabilities, probabilities_from_logits
 from .report_html import render
 from .transforms import load_gray
 

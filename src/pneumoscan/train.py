@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__, cache, checkpoint, resume
 from .calibration import calibrate_checkpoint
 from .config import TrainConfig
+from .core.decisions import head_output
 from .data import (
     LABELS,
     Record,
@@ -29,10 +30,10 @@ from .data import (
     task_labels,
     write_manifest,
 )
+from .inference.torch_backend import predict_arrays, predict_logits
 from .metrics import auroc, binary_metrics, macro_auroc, threshold_for_sensitivity
 from .models import create_model
 from .ood import fit_gate
-from .predict import head_output, predict_arrays, predict_logits
 from .transforms import Preprocessing, to_model_input, train_augmentation
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint
-from .predict import class_probabilities, predict_logits, probabilities_from_logits
+from ..core.contract import Checkpoint
+from ..core.decisions import class_probabilities, probabilities_from_logits
+from .torch_backend import predict_logits
 
 # (shift x, shift y) as fractions of the image side, then zoom; the first is the identity.
 VIEWS: tuple[tuple[float, float, float], ...] = (

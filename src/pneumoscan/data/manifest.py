@@ -7,7 +7,8 @@ import logging
 import os
 from pathlib import Path
 
-from .data import LABELS, Record, _sha256, parse_name
+from ..core.labels import LABELS
+from .records import Record, _sha256, parse_name, scan
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +67,10 @@ def _record(row: dict, base: Path, where: str) -> Record:
     etiology = (row.get("etiology") or "").strip() or etiology
     sha = (row.get("sha256") or "").strip() or _sha256(path)
     return Record(str(path), split, label, etiology, patient, sha)
+
+
+def load_records(source: str | Path) -> list[Record]:
+    """Records from a dataset folder (scan) or a manifest CSV file (read_manifest)."""
+    if Path(source).suffix.lower() == ".csv":
+        return read_manifest(source)
+    return scan(source)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-LABELS = ("NORMAL", "PNEUMONIA")
-ETIOLOGY_LABELS = ("NORMAL", "BACTERIAL", "VIRAL")  # task=etiology; from Record.etiology
+from ..core.labels import LABELS
+from .decode import is_dicom
+
 _ETIOLOGY_CLASS = {"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"}
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
 SPLIT_DIRS = {"train": "train", "val": "val-official", "test": "test"}
@@ -48,13 +49,6 @@ class Record:
     @property
     def target(self) -> int:
         return LABELS.index(self.label)
-
-
-def task_labels(task: str) -> tuple[str, ...]:
-    """The class names a model of `task` (config key) predicts, in logit order."""
-    if task not in ("binary", "etiology"):
-        raise ValueError(f"unknown task '{task}': choose binary or etiology")
-    return LABELS if task == "binary" else ETIOLOGY_LABELS
 
 
 def class_index(record: Record, labels) -> int:
@@ -111,8 +105,6 @@ def _sha256(path: Path) -> str:
 def is_image_file(path: Path) -> bool:
     """An image by its suffix, or a file without one that is DICOM by content (PACS exports
     are often extensionless or named by a numeric UID such as 1.2.840.113619.2.55.3)."""
-    from .transforms import is_dicom  # lazy: keeps torch out of plain dataset scans
-
     if path.name.startswith("."):
         return False
     suffix = path.suffix.lower()
@@ -140,15 +132,6 @@ def scan(data_dir: str | Path) -> list[Record]:
     if not any(r.split == "train" for r in records):
         raise DatasetNotFound(f"no images found under '{root}/train'.\n\n{KAGGLE_HELP}")
     return records
-
-
-def load_records(source: str | Path) -> list[Record]:
-    """Records from a dataset folder (scan) or a manifest CSV file (read_manifest)."""
-    if Path(source).suffix.lower() == ".csv":
-        from .manifest import read_manifest
-
-        return read_manifest(source)
-    return scan(source)
 
 
 def _groups(records: list[Record]) -> np.ndarray:
