@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan import checkpoint
-from pneumoscan.config import config_from_dict
+from pneumoscan.core.config import config_from_dict
 from pneumoscan.core.decisions import probabilities_from_logits
 from pneumoscan.data import load_records, select
-from pneumoscan.export import onnx_logits
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import headline_metrics
 from pneumoscan.inference import tta
+from pneumoscan.inference.export import onnx_logits
 from pneumoscan.inference.torch_backend import predict_logits
-from pneumoscan.metrics import headline_metrics
-from pneumoscan.transforms import load_many
+from pneumoscan.models import weights as checkpoint
 
 
 def member_logits(folder: Path, records_all, split: str, views, cache: Path,

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.data import default_data_dir, scan, select
+from pneumoscan.data.decode import load_many
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.runtime import load_torch
-from pneumoscan.transforms import load_many
 
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "chessboard", "clock", "coffee",
           "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",

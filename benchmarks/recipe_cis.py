@@ -16,9 +16,9 @@ import sys
 import numpy as np
 
 from pneumoscan.data import default_data_dir, load_records
-from pneumoscan.evaluate import split_images
+from pneumoscan.evaluation.metrics import bootstrap_ci
 from pneumoscan.inference.runtime import load_torch
-from pneumoscan.metrics import bootstrap_ci
+from pneumoscan.workflows.evaluate import split_images
 
 
 def main(runs: list[str], split: str = "test") -> None:

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pneumoscan import cli
-from pneumoscan.config import load_config
+from pneumoscan.core.config import load_config
+from pneumoscan.data.decode import MAX_PIXELS, ImageError, load_gray
 from pneumoscan.inference.predictor import expand_inputs
 from pneumoscan.inference.runtime import load_torch
-from pneumoscan.train import fit
-from pneumoscan.transforms import MAX_PIXELS, ImageError, load_gray
+from pneumoscan.training.train import fit
 
 from .conftest import REPO
 

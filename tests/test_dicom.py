@@ -22,9 +22,9 @@ from pydicom.uid import (
 
 from pneumoscan import cli
 from pneumoscan.data import is_image_file, scan
+from pneumoscan.data.decode import ImageError, is_dicom, load_gray
 from pneumoscan.inference.predictor import expand_inputs
 from pneumoscan.inference.runtime import load_torch
-from pneumoscan.transforms import ImageError, is_dicom, load_gray
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "SECRET-4711"
 # Probability tolerances. 8-bit, windowed, VOI-LUT and lossless files decode to the identical

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
 from pneumoscan.core.decisions import class_probabilities
-from pneumoscan.ensemble import EnsembleError, EnsemblePredictor, build, parse_seeds
-from pneumoscan.evaluate import evaluate
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import threshold_for_sensitivity
 from pneumoscan.explain.explainer import Explainer
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_logits
-from pneumoscan.metrics import threshold_for_sensitivity
-from pneumoscan.transforms import load_many
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.training.ensemble import EnsembleError, EnsemblePredictor, build, parse_seeds
+from pneumoscan.workflows.evaluate import evaluate
 
 
 def _test_images(small_data, n=12):

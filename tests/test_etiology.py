@@ -9,16 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
-from pneumoscan.config import ConfigError, load_config
+from pneumoscan.core.config import ConfigError, load_config
 from pneumoscan.core.decisions import class_probabilities, probabilities_from_logits, scaled_sigmoid
 from pneumoscan.data import ETIOLOGY_LABELS, class_index, load_records, split_train_val
-from pneumoscan.evaluate import evaluate
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import (
+    fit_temperature_multiclass,
+    macro_auroc,
+    multiclass_metrics,
+)
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_logits
-from pneumoscan.metrics import fit_temperature_multiclass, macro_auroc, multiclass_metrics
-from pneumoscan.transforms import load_many
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.workflows.evaluate import evaluate
 
 from .conftest import EXAMPLES
 
@@ -164,7 +168,7 @@ def test_cli_prints_etiology_columns_and_multiclass_metrics(small_data, etiology
 
 
 def test_shipped_etiology_model_is_selected_by_name_and_predicts_three_classes():
-    from pneumoscan.checkpoint import resolve
+    from pneumoscan.models.weights import resolve
 
     assert resolve("etiology").name == "etiology"
     p = load_torch("etiology")

@@ -9,9 +9,10 @@ import torch
 from PIL import Image, ImageOps
 from scipy.stats import spearmanr
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
 from pneumoscan.core.decisions import probabilities_from_logits
+from pneumoscan.core.preprocessing import Preprocessing
+from pneumoscan.data.decode import load_many
 from pneumoscan.explain.cam import cam_from_features, normalise
 from pneumoscan.explain.explainer import Explainer
 from pneumoscan.explain.gradients import (
@@ -25,8 +26,9 @@ from pneumoscan.explain.render import save
 from pneumoscan.explain.spec import OcclusionSettings
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_arrays, predict_logits, torch_predictor
-from pneumoscan.models import create_model, get_spec
-from pneumoscan.transforms import Preprocessing, load_many, to_model_input
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.models.registry import create_model, get_spec
+from pneumoscan.models.transforms import to_model_input
 
 from .conftest import EXAMPLES
 

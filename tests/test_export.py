@@ -6,10 +6,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
 from pneumoscan.core.decisions import class_probabilities
-from pneumoscan.export import (
+from pneumoscan.data.decode import load_many
+from pneumoscan.inference.export import (
     FEATURES,
     LOGIT,
     export_model,
@@ -21,7 +21,7 @@ from pneumoscan.export import (
 from pneumoscan.inference.onnx import OnnxBackend
 from pneumoscan.inference.predictor import Predictor
 from pneumoscan.inference.runtime import load_torch, make_predictor
-from pneumoscan.transforms import load_many
+from pneumoscan.models import weights as checkpoint
 
 from .conftest import EXAMPLES
 
@@ -151,9 +151,9 @@ def test_default_predict_falls_back_to_torch_with_one_notice(tmp_path, monkeypat
 
 def test_onnx_logits_stay_generic_for_k_class_models(small_data, tmp_path):
     """(N, K) logits keep their shape and go through the same probability formula as torch."""
+    from pneumoscan.core.preprocessing import Preprocessing
     from pneumoscan.inference.torch_backend import predict_arrays
-    from pneumoscan.models import create_model
-    from pneumoscan.transforms import Preprocessing
+    from pneumoscan.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("custom-cnn", num_outputs=3).eval()

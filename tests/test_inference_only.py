@@ -90,8 +90,8 @@ def test_shipped_graph_reproduces_the_shipped_weights(name):
     """model.onnx cannot drift from model.safetensors: it names their sha256 and scores
     within 1e-5 of the torch model on the examples (regenerate it with `pneumoscan export
     --model src/pneumoscan/weights/NAME --out src/pneumoscan/weights/NAME/model.onnx`)."""
-    from pneumoscan import checkpoint
     from pneumoscan.inference.torch_backend import predict_logits
+    from pneumoscan.models import weights as checkpoint
 
     folder = contract.shipped_models()[name]
     graph = folder / contract.GRAPH

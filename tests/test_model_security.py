@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan import checkpoint, cli
+from pneumoscan import cli
 from pneumoscan.inference.runtime import load_torch
+from pneumoscan.models import weights as checkpoint
 
 from .conftest import EXAMPLES
 

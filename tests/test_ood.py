@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import checkpoint, cli, ood
+from pneumoscan import cli
 from pneumoscan.inference.runtime import load_torch
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.training import ood
 
 
 def foreign_pngs(folder: Path) -> list[Path]:
@@ -54,8 +56,8 @@ def test_shipped_model_flags_foreign_images_and_passes_real_xrays(shipped, test_
 
 
 def test_gate_does_not_change_probabilities(shipped, test_xrays):
+    from pneumoscan.data.decode import load_many
     from pneumoscan.inference.torch_backend import predict_arrays
-    from pneumoscan.transforms import load_many
 
     images = load_many(test_xrays, 224)[0]
     probs, scores = shipped.scores(images)

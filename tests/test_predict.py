@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan import checkpoint
 from pneumoscan.inference.predictor import expand_inputs
 from pneumoscan.inference.runtime import load_torch
+from pneumoscan.models import weights as checkpoint
 
 from .conftest import EXAMPLES
 

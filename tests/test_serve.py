@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pneumoscan import checkpoint
 from pneumoscan.inference.runtime import load_torch, make_predictor
+from pneumoscan.models import weights as checkpoint
 from pneumoscan.serve import Settings, create_app
 
 from .conftest import EXAMPLES
@@ -179,9 +179,9 @@ def test_three_class_model_heatmap_and_page(etiology_client, etiology_run, small
 
     import numpy as np
 
+    from pneumoscan.data.decode import load_gray
     from pneumoscan.explain.cam import heatmap_rgba
     from pneumoscan.explain.explainer import Explainer
-    from pneumoscan.transforms import load_gray
 
     path = sorted((small_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
     r = upload(etiology_client, path.name, path.read_bytes(), explain="true")

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
 from pneumoscan.core.decisions import probabilities_from_logits
+from pneumoscan.data.decode import load_many
 from pneumoscan.inference import tta
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_arrays
-from pneumoscan.transforms import load_many
+from pneumoscan.models import weights as checkpoint
 
 
 @pytest.fixture(scope="module")

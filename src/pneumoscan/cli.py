@@ -10,6 +10,8 @@ import logging
 import sys
 
 from . import __version__
+from .core.tables import fmt as _fmt
+from .core.tables import table as _table
 
 USAGE_ERROR, SOME_FAILED = 2, 1
 # Packages of the training extra: a verb that imports one in an inference-only install says
@@ -182,7 +184,7 @@ def _data_dir(args) -> str:
 
 
 def cmd_audit(args) -> int:
-    from .audit import audit, format_table
+    from .data.audit import audit, format_table
 
     summary = audit(_data_dir(args), args.out)
     print(json.dumps(summary, indent=2) if args.format == "json" else format_table(summary))
@@ -190,11 +192,11 @@ def cmd_audit(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_config
-    from .train import fit
+    from .core.config import load_config
+    from .training.train import fit
 
     if args.resume:
-        from .resume import run_config
+        from .training.resume import run_config
 
         if args.config or args.overrides or args.out:
             print("pneumoscan train: --resume takes the run's own config.yaml; drop "
@@ -223,7 +225,7 @@ def cmd_train(args) -> int:
 
 
 def _train_seeds(args, cfg, seeds: str) -> int:
-    from .ensemble import parse_seeds, train_seeds
+    from .training.ensemble import parse_seeds, train_seeds
 
     out = args.out or f"{cfg.out_dir}/seeds-{seeds.replace(',', '-')}-{cfg.model}"
     runs, path = train_seeds(cfg, parse_seeds(seeds), _data_dir(args), out)
@@ -236,28 +238,13 @@ def _train_seeds(args, cfg, seeds: str) -> int:
     return 0
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def cmd_evaluate(args) -> int:
     models = args.model or [None]
     if args.adapt:
         return _evaluate_adapted(args, models)
     if args.report or len(models) > 1:
         return _evaluate_report(args, models)
-    from .evaluate import evaluate
+    from .workflows.evaluate import evaluate
 
     result = evaluate(models[0], _data_dir(args), args.split, allow_pickle=args.allow_pickle,
                       tta=args.tta)
@@ -293,7 +280,7 @@ def _print_multiclass(result: dict) -> None:
 
 
 def _evaluate_adapted(args, models: list) -> int:
-    from .adapt import evaluate_adapted
+    from .workflows.adapt import evaluate_adapted
 
     if len(models) > 1 or args.report:
         print("pneumoscan evaluate: --adapt takes one --model and no --report", file=sys.stderr)
@@ -318,9 +305,9 @@ def _evaluate_adapted(args, models: list) -> int:
 
 
 def _evaluate_report(args, models: list) -> int:
-    from .evaluate import evaluate
-    from .metrics import MetricError, mean_std
-    from .report import write_report
+    from .evaluation.metrics import MetricError, mean_std
+    from .evaluation.report import write_report
+    from .workflows.evaluate import evaluate
 
     if args.report and args.tta:
         print("pneumoscan evaluate: --report does not support --tta yet", file=sys.stderr)
@@ -352,7 +339,7 @@ def _evaluate_report(args, models: list) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from .ensemble import build
+    from .training.ensemble import build
 
     path = build(args.model, args.out, _data_dir(args), tta=args.tta,
                  threshold_split=args.threshold_split)
@@ -364,7 +351,7 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibration import calibrate
+    from .evaluation.calibration import calibrate
 
     s = calibrate(args.model, _data_dir(args))
     print(f"{s['model']}: temperature {s['temperature']:.4f} (fitted on {s['n_val']} val "
@@ -374,7 +361,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_fit_ood(args) -> int:
-    from .ood import fit_for_run
+    from .training.ood import fit_for_run
 
     g = fit_for_run(args.model, _data_dir(args), args.target_false_reject)
     print(f"OOD gate: {g['components']} components fitted on {g['n_train']} train images, "
@@ -384,7 +371,7 @@ def cmd_fit_ood(args) -> int:
 
 
 def cmd_model_card(args) -> int:
-    from .model_card import write_model_card
+    from .evaluation.model_card import write_model_card
 
     print(f"model card: {write_model_card(args.model, args.metrics, args.out)}")
     return 0
@@ -477,7 +464,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_from_data
+    from .inference.export import export_from_data
 
     report = export_from_data(args.model, args.out, _data_dir(args), int8=args.int8)
     for kind, r in report.items():
@@ -492,7 +479,7 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from pathlib import Path
 
-    from .bench import BenchOptions, format_tables, run
+    from .workflows.bench import BenchOptions, format_tables, run
 
     result = run(BenchOptions(Path(_data_dir(args)), args.quick, args.repeats))
     print(json.dumps(result, indent=2) if args.format == "json" else format_tables(result))
@@ -526,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .config import ConfigError
+    from .core.config import ConfigError
     from .core.errors import CheckpointError, ExportError, NeedsTrainingExtra
     from .data import DatasetNotFound, ManifestError
 

@@ -20,8 +20,8 @@ from torch import nn
 from ..core.contract import Checkpoint
 from ..inference.predictor import Predictor
 from ..inference.torch_backend import TorchBackend
-from ..models import get_spec
-from ..transforms import to_model_input
+from ..models.registry import get_spec
+from ..models.transforms import to_model_input
 from .cam import normalise
 from .explainer import Explainer
 from .spec import OcclusionSettings
@@ -85,7 +85,7 @@ def gradcam(model: nn.Module, ckpt: Checkpoint, images: np.ndarray,
         EfficientNet-Lite0 at 224 px).
 
     Examples:
-        >>> model, ckpt = pneumoscan.checkpoint.load(None)
+        >>> model, ckpt = pneumoscan.models.weights.load(None)
         >>> gradcam(model, ckpt, np.zeros((1, 224, 224), np.uint8)).shape
         (1, 7, 7)
     """

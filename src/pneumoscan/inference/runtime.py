@@ -18,9 +18,7 @@ charge. If the export fails, prediction goes on with PyTorch after a one-line no
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,61 +32,14 @@ from ..data.decode import load_many
 from .onnx import OnnxBackend, open_session, read_metadata
 from .predictor import Predictor
 
-CACHE_ENV = "PNEUMOSCAN_CACHE"
-EXPORT_FORMAT = 1  # bump when the exported graph's inputs or outputs change
 N_PARITY = 16      # readable inputs the export is checked on (first ones of the call)
 RUNTIMES = ("auto", "torch", "onnx")
-
-
-def cache_dir() -> Path:
-    """$PNEUMOSCAN_CACHE, else $XDG_CACHE_HOME/pneumoscan, else ~/.cache/pneumoscan."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pneumoscan"
-
-
-def graph_key(model, ckpt: Checkpoint) -> str:
-    """sha256 of the weights as loaded (safetensors or an allowed pickle alike) and of the
-    parts of the contract that the exported graph bakes in."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
-                 .contiguous().numpy().tobytes())
-    h.update(json.dumps({"model": ckpt.model_name, "format": EXPORT_FORMAT,
-                         "preprocessing": ckpt.preprocessing.to_dict()},
-                        sort_keys=True).encode())
-    return h.hexdigest()
 
 
 def parity_images(paths: list[str], ckpt: Checkpoint, n: int = N_PARITY) -> np.ndarray:
     """Up to n decoded images from the first 4n paths (unreadable ones skipped)."""
     prep = ckpt.preprocessing
     return load_many(paths[:4 * n], prep.input_size, prep.interpolation)[0][:n]
-
-
-def cached_onnx(model, ckpt: Checkpoint, images: Callable[[], np.ndarray]) -> Path:
-    """The cached fp32 export of this checkpoint, exported (and parity-checked on `images()`,
-    called only then) if absent. Written under a temporary name and renamed, so a concurrent
-    or interrupted export never leaves a partial file under the final name."""
-    from ..export import export_model  # torch and onnx: the training extra
-
-    path = cache_dir() / f"{ckpt.model_name}-{graph_key(model, ckpt)}.onnx"
-    if path.is_file():
-        return path
-    sample = images()
-    if len(sample) == 0:
-        raise ExportError("no readable input image to check the export's parity on")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-    try:
-        export_model(model, ckpt, tmp, sample)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def shipped_graph(folder: Path) -> Path | None:
@@ -111,7 +62,7 @@ def shipped_graph(folder: Path) -> Path | None:
 def _torch_runtime(what: str):
     """The torch-side modules, or NeedsTrainingExtra naming `what` needed them."""
     try:
-        from .. import checkpoint
+        from ..models import weights as checkpoint
         from . import torch_backend
     except ImportError as e:
         raise NeedsTrainingExtra(what, e.name or "torch") from None
@@ -151,7 +102,7 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
             raise ExportError("--runtime onnx: test-time augmentation and ensembles run on "
                               "the torch runtime only")
         _torch_runtime("test-time augmentation or an ensemble")
-        from ..ensemble import EnsemblePredictor
+        from .ensemble import EnsemblePredictor
 
         if contract.is_ensemble(model_path):
             return EnsemblePredictor.from_folder(model_path, bf16=bf16, tta=tta)
@@ -173,6 +124,8 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
     if wants_torch:
         return Predictor(torch_backend.TorchBackend(model, ckpt, bf16=bf16), ckpt, tta=tta)
     try:
+        from .export import cached_onnx  # torch and onnx: the training extra
+
         file = cached_onnx(model, ckpt, lambda: parity_images(paths or [], ckpt))
         session = open_session(file)
     except Exception as e:  # noqa: BLE001 (ImportError, ExportError, ORT's own errors...)

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..core.contract import Checkpoint
 from ..core.decisions import head_output, probabilities_from_logits
-from ..models import get_spec
-from ..transforms import to_model_input
+from ..models.registry import get_spec
+from ..models.transforms import to_model_input
 from .predictor import Predictor
 
 

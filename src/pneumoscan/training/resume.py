@@ -13,9 +13,9 @@ import torch
 import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .checkpoint import CheckpointError
-from .config import TrainConfig, config_from_dict
-from .data import Record
+from ..core.config import TrainConfig, config_from_dict
+from ..data import Record
+from ..models.weights import CheckpointError
 
 LAST = Path("lightning") / "last.ckpt"
 

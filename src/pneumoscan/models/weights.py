@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
-from .core import contract
-from .core.contract import (  # noqa: F401 (the contract's names, for the users of load/save)
+from .. import __version__
+from ..core import contract
+from ..core.contract import (  # noqa: F401 (the contract's names, for the users of load/save)
     FORMAT,
     GRAPH,
     META,
@@ -31,7 +31,7 @@ from .core.contract import (  # noqa: F401 (the contract's names, for the users 
     resolve,
     shipped_models,
 )
-from .models import create_model
+from .registry import create_model
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 

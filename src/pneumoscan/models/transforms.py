@@ -8,15 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from .core.preprocessing import Preprocessing
-from .data.decode import (  # noqa: F401 (decoding lived here; its users import it from here)
-    MAX_PIXELS,
-    ImageError,
-    is_dicom,
-    load_gray,
-    load_gray_original,
-    load_many,
-)
+from ..core.preprocessing import Preprocessing
 
 
 def to_model_input(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:

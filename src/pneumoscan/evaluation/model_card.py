@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import checkpoint
+from ..models import weights as checkpoint
 
 DISCLAIMER = ("**Not for clinical use.** pneumoscan is a research tool. Its output is not a "
               "diagnosis and must not guide the care of any patient.")

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from . import checkpoint
-from .config import config_from_dict
-from .core.decisions import class_probabilities, probabilities_from_logits
-from .core.decisions import scaled_sigmoid as probabilities
-from .data import class_index, scan, select
-from .inference.torch_backend import predict_logits
+from ..core.config import config_from_dict
+from ..core.decisions import class_probabilities, probabilities_from_logits
+from ..core.decisions import scaled_sigmoid as probabilities
+from ..data import class_index, scan, select
+from ..data.decode import load_many
+from ..inference.torch_backend import predict_logits
+from ..models import weights as checkpoint
 from .metrics import (
     binary_metrics,
     expected_calibration_error,
@@ -29,7 +30,6 @@ from .metrics import (
     sigmoid,
     threshold_for_sensitivity,
 )
-from .transforms import load_many
 
 
 def temperature_of(ckpt: checkpoint.Checkpoint) -> float:

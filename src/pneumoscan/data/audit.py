@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import LABELS, Record, find_root, scan
+from . import LABELS, Record, find_root, scan
 
 SAMPLE_GRID = 4  # samples_<LABEL>.png shows up to SAMPLE_GRID x SAMPLE_GRID train images
 SAMPLE_SEED = 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import config_from_dict
-from .data import DatasetNotFound, class_index, load_records, select
-from .inference.runtime import load_torch
-from .metrics import headline_metrics, multiclass_metrics
-from .transforms import load_many
+from ..core.config import config_from_dict
+from ..data import DatasetNotFound, class_index, load_records, select
+from ..data.decode import load_many
+from ..evaluation.metrics import headline_metrics, multiclass_metrics
+from ..inference.runtime import load_torch
 
 
 def split_images(all_records: list, ckpt, split: str, data_dir: str | Path):

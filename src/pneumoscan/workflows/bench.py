@@ -19,11 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import checkpoint
-from .inference.onnx import OnnxBackend
-from .inference.predictor import Predictor, expand_inputs
-from .inference.runtime import make_predictor
-from .inference.torch_backend import torch_predictor
+from ..core.decisions import probabilities_from_logits
+from ..core.tables import table
+from ..data import scan, select
+from ..data.decode import load_many
+from ..evaluation.metrics import auroc
+from ..inference.export import INPUT, export_from_data, onnx_logits
+from ..inference.onnx import OnnxBackend
+from ..inference.predictor import Predictor, expand_inputs
+from ..inference.runtime import make_predictor
+from ..inference.torch_backend import predict_arrays, torch_predictor
+from ..models import weights as checkpoint
+from ..models.registry import create_model
 
 # fp32 peak = cores x clock x SIMD lanes x 2 (an FMA is two FLOPs) x FMA pipes per core.
 FP32_LANES = {"avx512f": 16, "avx2": 8}
@@ -136,8 +143,6 @@ def model_only(model, size: int, repeats: int, peak_gflops: float,
     import onnxruntime as ort
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .export import INPUT
-
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, size, size))
     gflop = counter.get_total_flops() / 1e9
@@ -157,8 +162,6 @@ def model_only(model, size: int, repeats: int, peak_gflops: float,
 
 
 def training_steps(model_name: str, size: int, steps: int) -> list[dict]:
-    from .models import create_model
-
     rows = []
     for name, bf16 in (("fp32 channels-last", False), ("bf16 channels-last", True)):
         torch.manual_seed(0)
@@ -185,13 +188,6 @@ def training_steps(model_name: str, size: int, steps: int) -> list[dict]:
 def fidelity(model, ckpt, onnx_paths: dict, data_dir: Path) -> list[dict]:
     """Every test image: max |probability difference| vs fp32 torch, label flips at the
     stored threshold and AUROC, for each fast form. Reporting only; nothing is chosen on it."""
-    from .core.decisions import probabilities_from_logits
-    from .data import scan, select
-    from .export import onnx_logits
-    from .inference.torch_backend import predict_arrays
-    from .metrics import auroc
-    from .transforms import load_many
-
     records = select(scan(data_dir), "test", 0.1, 0)
     images, ok, _ = load_many([r.path for r in records], ckpt.preprocessing.input_size,
                               ckpt.preprocessing.interpolation)
@@ -213,8 +209,6 @@ def fidelity(model, ckpt, onnx_paths: dict, data_dir: Path) -> list[dict]:
 
 def run(opts: BenchOptions) -> dict:
     """All figures in one dict (see `format_tables`)."""
-    from .export import export_from_data
-
     info = machine()
     model, ckpt = checkpoint.load(None)
     originals = expand_inputs([str(opts.data_dir.parent / "originals")])
@@ -251,8 +245,6 @@ def run(opts: BenchOptions) -> dict:
 
 
 def format_tables(r: dict) -> str:
-    from .cli import _table
-
     m = r["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores at {m['clock_ghz']} GHz; "
              f"torch {m['torch']} ({m['torch_threads']} threads), onnxruntime "
@@ -262,5 +254,5 @@ def format_tables(r: dict) -> str:
     for key in ("end_to_end", "model_only", "training", "fidelity_test_split"):
         if key in r:
             rows = [{k: str(v) for k, v in row.items()} for row in r[key]]
-            lines += [key, _table(rows, list(rows[0])), ""]
+            lines += [key, table(rows, list(rows[0])), ""]
     return "\n".join(lines)

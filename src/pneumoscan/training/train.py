@@ -17,24 +17,29 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__, cache, checkpoint, resume
-from .calibration import calibrate_checkpoint
-from .config import TrainConfig
-from .core.decisions import head_output
-from .data import (
+from .. import __version__
+from ..core.config import TrainConfig
+from ..core.decisions import head_output
+from ..core.preprocessing import Preprocessing
+from ..data import (
     LABELS,
     Record,
+    cache,
     class_index,
     load_records,
     split_train_val,
     task_labels,
     write_manifest,
 )
-from .inference.torch_backend import predict_arrays, predict_logits
-from .metrics import auroc, binary_metrics, macro_auroc, threshold_for_sensitivity
-from .models import create_model
+from ..evaluation.calibration import calibrate_checkpoint
+from ..evaluation.metrics import auroc, binary_metrics, macro_auroc, threshold_for_sensitivity
+from ..evaluation.plots import training_curves
+from ..inference.torch_backend import predict_arrays, predict_logits
+from ..models import weights as checkpoint
+from ..models.registry import create_model
+from ..models.transforms import to_model_input, train_augmentation
+from . import resume
 from .ood import fit_gate
-from .transforms import Preprocessing, to_model_input, train_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +216,6 @@ def _write_history(history: list[dict], run_dir: Path) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    from .plots import training_curves
-
     training_curves(history, run_dir / "curves.png")
 
 

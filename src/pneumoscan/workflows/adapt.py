@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint
-from .data import load_records
+from ..data import load_records
+from ..evaluation.metrics import headline_metrics
+from ..inference.torch_backend import predict_arrays
+from ..models import weights as checkpoint
+from ..models.transforms import to_model_input
 from .evaluate import split_images
-from .inference.torch_backend import predict_arrays
-from .metrics import headline_metrics
-from .transforms import to_model_input
 
 METHODS = ("bn", "em", "bn+em")
 MIN_BN_IMAGES = 32  # fewer images give BatchNorm statistics noisier than the stored ones

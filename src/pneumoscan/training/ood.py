@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from . import checkpoint
-from .inference.ood import scores
-from .inference.torch_backend import logits_and_features, pooled_features  # noqa: F401
+from ..core.config import config_from_dict
+from ..data import scan, select
+from ..data.decode import load_many
+from ..inference.ood import scores
+from ..inference.torch_backend import logits_and_features, pooled_features  # noqa: F401
+from ..models import weights as checkpoint
 
 COMPONENTS = 256            # principal components kept with their full covariance
 TARGET_FALSE_REJECT = 0.005  # share of val X-rays allowed above the threshold
@@ -68,10 +71,6 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
                 target_false_reject: float = TARGET_FALSE_REJECT) -> dict:
     """Fit the gate of an existing run on its own carved train/val split (read from the data
     folder with the run's val_fraction and seed) and store it beside the weights."""
-    from .config import config_from_dict
-    from .data import scan, select
-    from .transforms import load_many
-
     model, ckpt = checkpoint.load(model_path)
     cfg = ckpt.config
     records = scan(data_dir)

@@ -12,18 +12,28 @@ weights stored in the metadata under `pneumoscan.cam_weights` (timm models).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint
-from .core.decisions import class_probabilities, probabilities_from_logits
-from .core.errors import ExportError
-from .inference.onnx import (  # noqa: F401 (the graph's names, for export's users)
+from ..core.config import config_from_dict
+from ..core.contract import Checkpoint
+from ..core.decisions import class_probabilities, probabilities_from_logits
+from ..core.errors import ExportError
+from ..core.preprocessing import Preprocessing
+from ..data import scan, select
+from ..data.decode import load_many
+from ..models import weights as checkpoint
+from ..models.registry import get_spec
+from ..models.transforms import to_model_input
+from .onnx import (  # noqa: F401 (the graph's names, for export's users)
     FEATURES,
     INPUT,
     LOGIT,
@@ -32,14 +42,59 @@ from .inference.onnx import (  # noqa: F401 (the graph's names, for export's use
     onnx_outputs,
     read_metadata,
 )
-from .inference.torch_backend import predict_logits
-from .models import get_spec
-from .transforms import Preprocessing, to_model_input
+from .torch_backend import predict_logits
 
 log = logging.getLogger(__name__)
 
 N_PARITY, N_CALIBRATION = 64, 400  # carved-val images; the test split is never used here
 PARITY_TOLERANCE = 1e-3  # max |probability difference| vs PyTorch for fp32
+
+
+CACHE_ENV = "PNEUMOSCAN_CACHE"
+EXPORT_FORMAT = 1  # bump when the exported graph's inputs or outputs change
+
+
+def cache_dir() -> Path:
+    """$PNEUMOSCAN_CACHE, else $XDG_CACHE_HOME/pneumoscan, else ~/.cache/pneumoscan."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pneumoscan"
+
+
+def graph_key(model, ckpt: Checkpoint) -> str:
+    """sha256 of the weights as loaded (safetensors or an allowed pickle alike) and of the
+    parts of the contract that the exported graph bakes in."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to(torch.float32 if tensor.is_floating_point() else tensor.dtype)
+                 .contiguous().numpy().tobytes())
+    h.update(json.dumps({"model": ckpt.model_name, "format": EXPORT_FORMAT,
+                         "preprocessing": ckpt.preprocessing.to_dict()},
+                        sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cached_onnx(model, ckpt: Checkpoint, images: Callable[[], np.ndarray]) -> Path:
+    """The cached fp32 export of this checkpoint, exported (and parity-checked on `images()`,
+    called only then) if absent. Written under a temporary name and renamed, so a concurrent
+    or interrupted export never leaves a partial file under the final name."""
+    from .export import export_model  # torch and onnx: the training extra
+
+    path = cache_dir() / f"{ckpt.model_name}-{graph_key(model, ckpt)}.onnx"
+    if path.is_file():
+        return path
+    sample = images()
+    if len(sample) == 0:
+        raise ExportError("no readable input image to check the export's parity on")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+    try:
+        export_model(model, ckpt, tmp, sample)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class _WithFeatures(nn.Module):
@@ -88,7 +143,7 @@ def metadata(ckpt: checkpoint.Checkpoint, model: nn.Module, extra: dict) -> dict
              "preprocessing": json.dumps(ckpt.preprocessing.to_dict()),
              "pneumoscan.input": "uint8 gray (B, 1, S, S); normalisation is inside the graph",
              "pneumoscan.output": output_contract(ckpt),
-             "pneumoscan.export": json.dumps(extra)}
+             "pneumoscan.inference.export": json.dumps(extra)}
     cam = cam_weights(model)
     if cam is not None:
         props["pneumoscan.cam_weights"] = json.dumps(cam)
@@ -248,10 +303,6 @@ def _refuse_ensemble(model_path) -> None:
 
 def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> np.ndarray:
     """Up to n decoded images of the carved `val` split the checkpoint was selected on."""
-    from .config import config_from_dict
-    from .data import scan, select
-    from .transforms import load_many
-
     _, ckpt = checkpoint.load(model_path)
     cfg = config_from_dict(ckpt.config)
     records = select(scan(data_dir), "val", cfg.val_fraction, cfg.data_seed,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import LABELS, Record, class_index
-from .transforms import load_many
+from . import LABELS, Record, class_index
+from .decode import load_many
 
 log = logging.getLogger(__name__)
 

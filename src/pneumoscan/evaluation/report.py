@@ -19,11 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, checkpoint, plots
+from .. import __version__
+from ..core.config import config_from_dict
+from ..core.decisions import class_probabilities, probabilities_from_logits
+from ..data import DatasetNotFound, Record, scan, select
+from ..data.decode import load_gray
+from ..models import weights as checkpoint
+from . import plots
 from .calibration import score_records, temperature_of
-from .config import config_from_dict
-from .core.decisions import class_probabilities, probabilities_from_logits
-from .data import DatasetNotFound, Record, scan, select
 from .metrics import (
     bootstrap_ci,
     expected_calibration_error,
@@ -39,9 +42,8 @@ from .metrics import (
     wilson_interval,
 )
 from .report_html import render
-from .transforms import load_gray
 
-SHIPPED_HISTORY = Path(__file__).resolve().parents[2] / "docs" / "shipped-model" / "history.csv"
+SHIPPED_HISTORY = Path(__file__).resolve().parents[3] / "docs" / "shipped-model" / "history.csv"
 MAX_FN_SHOWN, FP_SHOWN, SAMPLES_SHOWN = 60, 12, 12
 
 
