@@ -38,6 +38,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 
+# The documentation site under docs/ (mkdocs-material), every warning an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # The wheel, installed into a clean virtual environment without torch: predict, explain, serve.
 wheel-check: $(STAMP)
 	PY=$(BIN)/python .ci/wheel_check
