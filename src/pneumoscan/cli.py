@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUT_DIR/report.html, metrics.json and the PNGs")
     p.add_argument("--resamples", type=int, default=2000, help="patient bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and gallery seed")
+    p.add_argument("--shift", action="store_true",
+                   help="acquisition-shift validation: re-render the split (val only) through "
+                        "fixed aspect, framing, resolution, exposure and compression changes, "
+                        "score the train originals against their copies and the "
+                        "cue-conflicting images (docs/experiments.md)")
     p.add_argument("--adapt", choices=("bn", "em", "bn+em"), default=None,
                    help="site adaptation to the split's own unlabelled images (BatchNorm "
                         "statistics, EM prior shift, or both); unadapted figures beside")
@@ -106,9 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "share (default), or the official val folder (members on different "
                         "splits)")
 
-    p = sub.add_parser("calibrate", help="fit the temperature on val; rewrites only model.json")
+    p = sub.add_parser("calibrate", help="fit the temperature on val; rewrites only model.json. "
+                                         "With --site: a threshold for a new site, written "
+                                         "into a new run folder")
     _data_arg(p)
     _model_arg(p)
+    p.add_argument("--site", default=None, metavar="DIR",
+                   help="labelled images of your site in DIR/NORMAL and DIR/PNEUMONIA: set the "
+                        "threshold that keeps --target-sensitivity with --confidence on them "
+                        "and write a copy of the model to --out (the input is not modified)")
+    p.add_argument("--out", default=None, metavar="NEW_RUN",
+                   help="with --site: the new run folder to write (must be new or empty)")
+    p.add_argument("--target-sensitivity", type=float, default=0.97,
+                   help="with --site: sensitivity to keep (default 0.97)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="with --site: confidence of the sensitivity bound (default 0.95)")
 
     p = sub.add_parser("fit-ood", help="fit the out-of-distribution gate on train/val; "
                                        "writes ood.safetensors and rewrites model.json")
@@ -240,6 +257,8 @@ def _train_seeds(args, cfg, seeds: str) -> int:
 
 def cmd_evaluate(args) -> int:
     models = args.model or [None]
+    if args.shift:
+        return _evaluate_shift(args, models)
     if args.adapt:
         return _evaluate_adapted(args, models)
     if args.report or len(models) > 1:
@@ -259,6 +278,47 @@ def cmd_evaluate(args) -> int:
             _print_multiclass(result)
         for s in result["skipped"]:
             print(f"skipped: {s}", file=sys.stderr)
+    return SOME_FAILED if result["skipped"] else 0
+
+
+def _evaluate_shift(args, models: list) -> int:
+    from .workflows.shift import shift_validation
+
+    if len(models) > 1 or args.adapt or args.tta:
+        print("pneumoscan evaluate: --shift takes one --model, without --adapt or --tta",
+              file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        result = shift_validation(models[0], _data_dir(args), args.split)
+    except ValueError as e:
+        print(f"pneumoscan evaluate: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    if args.report:
+        from .evaluation.report_html import write_robustness
+
+        print(f"report: {write_robustness(result, args.report)}")
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return SOME_FAILED if result["skipped"] else 0
+    c, w = result["clean"], result["worst"]
+    print(f"split {args.split} of {_data_dir(args)}; model {result['model']}; threshold "
+          f"{result['threshold']:.4f}; clean AUROC {_fmt(c['auroc'])}, worst change "
+          f"{w['change']} AUROC {_fmt(w['auroc'])} (drop {_fmt(w['auroc_drop'])})")
+    keys = ["family", "change", "auroc", "sensitivity", "specificity", "mean_abs_dp",
+            "max_abs_dp", "label_flips"]
+    print(_table(result["changes"], keys))
+    for split, o in result.get("originals", {}).items():
+        print(f"originals ({split}, {o['n']} full-size files vs their copies): AUROC "
+              f"{_fmt(o['auroc'])} (copies {_fmt(o['auroc_copies'])}), mean |dp| "
+              f"{_fmt(o['mean_abs_dp'])}, max |dp| {_fmt(o['max_abs_dp'])}, "
+              f"{o['label_flips']} label flips")
+    if "cues" in result:
+        q = result["cues"]
+        print(f"cues: statistics model AUROC {_fmt(q['statistics_model_auroc'])}; "
+              f"cue-conflicting images ({q['cue_conflicting']['n']}) AUROC "
+              f"{_fmt(q['cue_conflicting']['auroc'])}, specificity "
+              f"{_fmt(q['cue_conflicting']['specificity'])}; lungs masked AUROC "
+              f"{_fmt(q['lungs_masked_auroc'])}")
     return SOME_FAILED if result["skipped"] else 0
 
 
@@ -351,6 +411,8 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    if args.site:
+        return _calibrate_site(args)
     from .evaluation.calibration import calibrate
 
     s = calibrate(args.model, _data_dir(args))
@@ -358,6 +420,40 @@ def cmd_calibrate(args) -> int:
           f"images), threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f}, val ECE "
           f"{s['val_ece_before']:.4f} -> {s['val_ece_after']:.4f}; model.json rewritten")
     return 0
+
+
+def _calibrate_site(args) -> int:
+    from .workflows.site import SiteError, calibrate_site
+
+    if not args.out:
+        print("pneumoscan calibrate: --site needs --out NEW_RUN (the input model is never "
+              "modified)", file=sys.stderr)
+        return USAGE_ERROR
+    if not (0.5 <= args.target_sensitivity < 1 and 0 < args.confidence < 1):
+        print("pneumoscan calibrate: --target-sensitivity must be in [0.5, 1) and "
+              "--confidence in (0, 1)", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        s = calibrate_site(args.model, args.site, args.out, args.target_sensitivity,
+                           args.confidence)
+    except SiteError as e:
+        print(f"pneumoscan calibrate: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    for message in s["skipped"]:
+        print(f"skipped: {message}", file=sys.stderr)
+    m = s["site_sample"]
+    print(f"{s['out']}: threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f} from "
+          f"{s['n_pneumonia']} pneumonia and {s['n_normal']} normal site images (pneumonia "
+          f"score {s['k']} from the lowest); sensitivity >= {s['target_sensitivity']} with "
+          f"confidence {s['confidence_reached']:.3f}")
+    if s["confidence_reached"] < s["confidence_requested"]:
+        print(f"warning: {s['n_pneumonia']} pneumonia images cannot give confidence "
+              f"{s['confidence_requested']}; {s['pneumonia_needed_for_confidence']} would",
+              file=sys.stderr)
+    print(f"on the site sample: sensitivity {m['sensitivity_before']:.3f} -> "
+          f"{m['sensitivity_after']:.3f}, specificity {m['specificity_before']:.3f} -> "
+          f"{m['specificity_after']:.3f} (site-calibrated; not the model's reported figures)")
+    return SOME_FAILED if s["skipped"] else 0
 
 
 def cmd_fit_ood(args) -> int:

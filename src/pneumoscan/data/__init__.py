@@ -22,6 +22,7 @@ from .records import (
 )
 
 __all__ = ["ETIOLOGY_LABELS", "IMAGE_SUFFIXES", "KAGGLE_HELP", "LABELS", "SPLIT_DIRS",
-           "DatasetNotFound", "ManifestError", "read_manifest", "Record", "class_index", "default_data_dir", "find_root",
-           "is_image_file", "limit_per_class", "load_records", "parse_name", "scan", "select",
-           "split_train_val", "task_labels", "write_manifest"]
+           "DatasetNotFound", "ManifestError", "Record", "class_index", "default_data_dir",
+           "find_root", "is_image_file", "limit_per_class", "load_records", "parse_name",
+           "read_manifest", "scan", "select", "split_train_val", "task_labels",
+           "write_manifest"]

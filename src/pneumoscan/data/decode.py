@@ -5,6 +5,7 @@ bombs). numpy, Pillow and pydicom only: the inference install decodes with this.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -136,8 +137,18 @@ def _dicom_display(arr: np.ndarray, ds, photometric: str) -> Image.Image:
     return Image.fromarray(gray)
 
 
+def store_as_jpeg(gray: Image.Image, quality: int) -> Image.Image:
+    """One JPEG encode-decode round trip of an 8-bit gray image (Preprocessing.storage_quality)."""
+    buf = io.BytesIO()
+    gray.save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as img:
+        return img.convert("L")
+
+
 def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bilinear",
-              name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+              name: str | None = None, max_pixels: int = MAX_PIXELS,
+              storage_quality: int = 0) -> np.ndarray:
     """Decode an image file (a path or a binary file object, e.g. an upload held in memory)
     to a (size, size) uint8 gray array, or raise ImageError naming it (`name` if given).
 
@@ -147,6 +158,7 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
         interpolation: 'bilinear' or 'bicubic'.
         name: how the file is named in errors (default: the path).
         max_pixels: refuse images declaring more pixels than this, before decoding them.
+        storage_quality: > 0: a JPEG round trip at this quality after the resize.
 
     Examples:
         >>> load_gray("examples/NORMAL/NORMAL2-IM-1427-0001.jpeg", 224).shape
@@ -154,7 +166,10 @@ def load_gray(path: str | Path | BinaryIO, size: int, interpolation: str = "bili
     """
     # Decode at reduced DCT scale when the image is much larger than needed.
     gray = _decode_gray(path, name, (size * 2, size * 2), max_pixels)
-    return np.asarray(gray.resize((size, size), _RESAMPLE[interpolation]), dtype=np.uint8)
+    gray = gray.resize((size, size), _RESAMPLE[interpolation])
+    if storage_quality > 0:
+        gray = store_as_jpeg(gray, storage_quality)
+    return np.asarray(gray, dtype=np.uint8)
 
 
 def load_gray_original(path: str | Path | BinaryIO, name: str | None = None,
@@ -209,7 +224,7 @@ def _decode_gray(path, name: str | None, draft: tuple[int, int] | None,
 
 
 def load_many(paths, size: int, interpolation: str = "bilinear", threads: int = 4,
-              max_pixels: int = MAX_PIXELS):
+              max_pixels: int = MAX_PIXELS, storage_quality: int = 0):
     """Decode many files in parallel (PIL releases the GIL while decoding).
 
     Returns (array of shape (N_ok, size, size) uint8, list of ok indices,
@@ -217,7 +232,8 @@ def load_many(paths, size: int, interpolation: str = "bilinear", threads: int = 
     """
     def one(p):
         try:
-            return load_gray(p, size, interpolation, max_pixels=max_pixels)
+            return load_gray(p, size, interpolation, max_pixels=max_pixels,
+                             storage_quality=storage_quality)
         except ImageError as e:
             return e
 

@@ -40,7 +40,7 @@ def score_records(model: nn.Module, ckpt: checkpoint.Checkpoint, records: list):
     """Decode and score records -> (kept records, targets, logits, skipped messages)."""
     prep = ckpt.preprocessing
     images, ok, errors = load_many([r.path for r in records], prep.input_size,
-                                   prep.interpolation)
+                                   prep.interpolation, storage_quality=prep.storage_quality)
     kept = [records[i] for i in ok]
     targets = np.array([class_index(r, ckpt.labels) for r in kept], dtype=int)
     return kept, targets, predict_logits(model, ckpt, images), list(errors.values())

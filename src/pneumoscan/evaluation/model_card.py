@@ -171,12 +171,24 @@ on validation (sensitivity / specificity):
 |---|---|---|---|
 {ops}
 
+## Decisions made after looking at test
+
+The test split has been read for recipes R1-R4 (docs/experiments.md): each was scored on test
+once, after a decision made on validation. Decisions taken after a test look: reverting the
+switch to R4 (its explanation check reads test-folder images), and the design of the
+acquisition-shift validation (motivated by docs/gap.md's study of why test differs). Since
+then recipes are compared by that shift validation on val, with rules committed before
+training (`pneumoscan evaluate --split val --shift`; docs/robustness.md).
+
 ## Known failure modes (from the error analysis)
 
 - Missed pneumonia: {h['fn']} false negative(s); {etiology or 'no pneumonia images'}.
 - False alarms: {fp_line}
 - Near-threshold scores move with the image decoder and resize path (full-size originals and
   their 224 px copies can land on different sides of the threshold).
+- Framing: a tighter field of view makes healthy children look sick to the model. On the
+  validation split, cropping 12% off each side (or stretching the image vertically by 1.25)
+  flags most healthy children (`pneumoscan evaluate --split val --shift`; docs/robustness.md).
 - Anything outside the training distribution (adults, other centres, non-AP views, images
   that are not chest X-rays) gets a score all the same: the model cannot say "I don't know".
 

@@ -180,3 +180,61 @@ def render(sections: list[tuple[dict, dict]], across: dict | None = None) -> str
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>pneumoscan evaluation report</title><style>{CSS}</style></head><body>"
             + "".join(body) + "</body></html>\n")
+
+
+def robustness_section(r: dict) -> str:
+    """'Acquisition robustness': the shift validation, originals vs copies, and the cue views
+    (the dict of shift.shift_validation)."""
+    c, w = r["clean"], r["worst"]
+    rows = [["clean", "-", _num(c["auroc"]), _num(c["sensitivity"]), _num(c["specificity"]),
+             "-", "-", "-"]]
+    rows += [[x["change"], x["family"], _num(x["auroc"]), _num(x["sensitivity"]),
+              _num(x["specificity"]), _num(x["mean_abs_dp"]), _num(x["max_abs_dp"]),
+              x["label_flips"]] for x in r["changes"]]
+    html = [f"<h2 id='acquisition-robustness'>Acquisition robustness</h2><p>Split "
+            f"<b>{escape(r['split'])}</b> ({c['n']} images) re-rendered through each change and "
+            f"scored through the user's path (decode, resize, model) at the stored threshold "
+            f"{r['threshold']:.4f}. Worst change: <b>{escape(w['change'])}</b>, AUROC "
+            f"{_num(w['auroc'])} (drop {_num(w['auroc_drop'])} from clean).</p>",
+            _table(["change", "family", "AUROC", "sensitivity", "specificity", "mean |dp|",
+                    "max |dp|", "label flips"], rows)]
+    for split, o in r.get("originals", {}).items():
+        html.append(f"<p>Originals ({escape(split)} folder, {o['n']} full-size files scored "
+                    f"against their 224 px copies): AUROC {_num(o['auroc'])} (copies "
+                    f"{_num(o['auroc_copies'])}), mean |dp| {_num(o['mean_abs_dp'])}, max "
+                    f"|dp| {_num(o['max_abs_dp'])}, {o['label_flips']} label flips.</p>")
+    q = r.get("cues")
+    if q:
+        cc, ca = q["cue_conflicting"], q["cue_agreeing"]
+        html.append(
+            f"<h3>Cues and shortcuts</h3><p>A statistics model ({', '.join(q['statistics'])}; "
+            f"fitted on the {escape(q['fitted_on'])}) separates this split with AUROC "
+            f"{_num(q['statistics_model_auroc'])}. On the {cc['n']} cue-conflicting images "
+            f"({cc['n_normal']} normals that look most like pneumonia by those cues, "
+            f"{cc['n_pneumonia']} pneumonias that look most normal) the model scores AUROC "
+            f"{_num(cc['auroc'])}, specificity {_num(cc['specificity'])}, sensitivity "
+            f"{_num(cc['sensitivity'])} (the other {ca['n']}: AUROC {_num(ca['auroc'])}, "
+            f"specificity {_num(ca['specificity'])}). With the lungs masked out (central "
+            f"box set to the image mean) its AUROC is {_num(q['lungs_masked_auroc'])}.</p>")
+        rows = [[g["statistic"], g["bin"], f"{g['range'][0]:.3g} - {g['range'][1]:.3g}",
+                 g["n"], _num(g["auroc"]), _num(g["sensitivity"]), _num(g["specificity"])]
+                for g in q["subgroups"]]
+        html.append(_table(["statistic", "tertile", "range", "n", "AUROC", "sensitivity",
+                            "specificity"], rows))
+    return "".join(html)
+
+
+def write_robustness(r: dict, out_dir: str | Path) -> Path:
+    """OUT_DIR/shift.json and OUT_DIR/robustness.html (the section as its own page)."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shift.json").write_text(json.dumps(r, indent=2) + "\n")
+    page = out / "robustness.html"
+    page.write_text("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>"
+                    f"pneumoscan acquisition robustness</title><style>{CSS}</style></head>"
+                    "<body><h1>pneumoscan evaluation report</h1><p class='warn'><b>Not for "
+                    "clinical use.</b> pneumoscan is a research tool; its output is not a "
+                    "diagnosis.</p>" + robustness_section(r) + "</body></html>\n")
+    return page

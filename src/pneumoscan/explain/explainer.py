@@ -100,7 +100,8 @@ class Explainer:
             batch_size = 1  # seconds per image: let the bar move per image
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation)
+            arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation,
+                                          storage_quality=prep.storage_quality)
             maps = self._native_maps(arr, method, target, occlusion_settings)
             logits = self.predictor.logits(arr)
             scores = zip(maps, decisions.probabilities_from_logits(logits, self.ckpt),

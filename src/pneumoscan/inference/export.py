@@ -311,7 +311,7 @@ def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> n
     step = max(1, len(records) // n)
     prep = ckpt.preprocessing
     images, _, _ = load_many([r.path for r in records[::step][:n]], prep.input_size,
-                             prep.interpolation)
+                             prep.interpolation, storage_quality=prep.storage_quality)
     return images
 
 

@@ -151,7 +151,7 @@ class Predictor:
 
         def decode(start):
             return load_many(paths[start:start + batch_size], prep.input_size,
-                             prep.interpolation)
+                             prep.interpolation, storage_quality=prep.storage_quality)
 
         # Decode the next batch while the model runs on this one (both release the GIL).
         with ThreadPoolExecutor(max_workers=1) as pool:

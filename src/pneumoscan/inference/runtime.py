@@ -39,7 +39,8 @@ RUNTIMES = ("auto", "torch", "onnx")
 def parity_images(paths: list[str], ckpt: Checkpoint, n: int = N_PARITY) -> np.ndarray:
     """Up to n decoded images from the first 4n paths (unreadable ones skipped)."""
     prep = ckpt.preprocessing
-    return load_many(paths[:4 * n], prep.input_size, prep.interpolation)[0][:n]
+    return load_many(paths[:4 * n], prep.input_size, prep.interpolation,
+                     storage_quality=prep.storage_quality)[0][:n]
 
 
 def shipped_graph(folder: Path) -> Path | None:

@@ -63,6 +63,7 @@ def decode(data: bytes, name: str, prep: Preprocessing, max_pixels: int) -> np.n
     if kind != DICOM:
         _check_pixels(data, name, max_pixels)
     try:
-        return load_gray(io.BytesIO(data), prep.input_size, prep.interpolation, name=name)
+        return load_gray(io.BytesIO(data), prep.input_size, prep.interpolation, name=name,
+                         storage_quality=prep.storage_quality)
     except ImageError as e:
         raise UploadError(422, str(e)) from None

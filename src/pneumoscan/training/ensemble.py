@@ -102,7 +102,8 @@ def build(member_paths: list[str | Path], out_dir: str | Path, data_dir: str | P
     recs = select(records, threshold_split, cfg.val_fraction, cfg.data_seed,
                   cfg.limit_per_class)
     prep: Preprocessing = members[0].ckpt.preprocessing
-    images, ok, errors = load_many([r.path for r in recs], prep.input_size, prep.interpolation)
+    images, ok, errors = load_many([r.path for r in recs], prep.input_size, prep.interpolation,
+                                     storage_quality=prep.storage_quality)
     y = np.array([recs[i].target for i in ok])
     if len(np.unique(y)) < 2:
         raise EnsembleError(f"split '{threshold_split}' of {data_dir} lacks a class; "

@@ -80,7 +80,8 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
         recs = select(records, split, float(cfg.get("val_fraction", 0.1)),
                       config_from_dict(cfg).data_seed, int(cfg.get("limit_per_class", 0)))
         arrays[split] = load_many([r.path for r in recs], prep.input_size,
-                                  prep.interpolation)[0]
+                                  prep.interpolation,
+                                  storage_quality=prep.storage_quality)[0]
     stats, meta = fit_gate(model, ckpt, arrays["train"], arrays["val"], target_false_reject)
     checkpoint.save_ood(ckpt.extra["path"], stats, meta)
     return meta

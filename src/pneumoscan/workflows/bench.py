@@ -190,7 +190,8 @@ def fidelity(model, ckpt, onnx_paths: dict, data_dir: Path) -> list[dict]:
     stored threshold and AUROC, for each fast form. Reporting only; nothing is chosen on it."""
     records = select(scan(data_dir), "test", 0.1, 0)
     images, ok, _ = load_many([r.path for r in records], ckpt.preprocessing.input_size,
-                              ckpt.preprocessing.interpolation)
+                              ckpt.preprocessing.interpolation,
+                              storage_quality=ckpt.preprocessing.storage_quality)
     y = np.array([records[i].target for i in ok])
     ref = predict_arrays(model, ckpt, images)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -20,7 +20,7 @@ def split_images(all_records: list, ckpt, split: str, data_dir: str | Path):
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     prep = ckpt.preprocessing
     images, ok, errors = load_many([r.path for r in records], prep.input_size,
-                                   prep.interpolation)
+                                   prep.interpolation, storage_quality=prep.storage_quality)
     return records, images, ok, errors
 
 
