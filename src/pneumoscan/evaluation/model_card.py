@@ -124,7 +124,7 @@ checkpoint's `model.json`.
 ## Model
 
 - Architecture: `{ckpt.model_name}`, {prep.input_size} px gray input repeated to
-  {prep.channels} channels, normalised (x - {prep.mean}) / {prep.std}.
+  {prep.channels} channels, normalised (x - {prep.mean}) / {prep.std}.{_storage(prep)}
 - Checkpoint: `{prov['model']}`; weights sha256 `{prov['weights_sha256']}`; trained at git
   `{prov['trained_at_git_sha']}`; pneumoscan {prov['package_version']}.
 - Labels: {', '.join(ckpt.labels)}.
@@ -196,6 +196,14 @@ training (`pneumoscan evaluate --split val --shift`; docs/robustness.md).
 
 {DISCLAIMER}
 """
+
+
+def _storage(prep) -> str:
+    if not prep.storage_quality:
+        return ""
+    return (f"\n- Inputs are stored once as a JPEG of quality {prep.storage_quality} after the "
+            f"resize (as the training copies were), so a full-size original scores closer to its "
+            f"224 px copy (docs/robustness.md).")
 
 
 def write_model_card(model_path, metrics_path: str | Path, out: str | Path) -> Path:
