@@ -143,7 +143,7 @@ def metadata(ckpt: checkpoint.Checkpoint, model: nn.Module, extra: dict) -> dict
              "preprocessing": json.dumps(ckpt.preprocessing.to_dict()),
              "pneumoscan.input": "uint8 gray (B, 1, S, S); normalisation is inside the graph",
              "pneumoscan.output": output_contract(ckpt),
-             "pneumoscan.inference.export": json.dumps(extra)}
+             "pneumoscan.export": json.dumps(extra)}
     cam = cam_weights(model)
     if cam is not None:
         props["pneumoscan.cam_weights"] = json.dumps(cam)

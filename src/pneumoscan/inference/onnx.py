@@ -6,7 +6,7 @@ Its outputs are `logit` ((B, 1) binary, (B, K) K-class) and `features` (B, C, h,
 Grad-CAM target layer, whose global average is what the OOD gate scores and which, with the
 classifier weights stored in the metadata (`pneumoscan.cam_weights`), gives a class
 activation map without PyTorch (explain/cam.py). The metadata also holds the checkpoint
-contract it was exported from (`pneumoscan.models.weights`).
+contract it was exported from (`pneumoscan.checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..core.decisions import head_output
 from ..core.errors import CheckpointError
 
 INPUT, LOGIT, FEATURES = "image", "logit", "features"
-META_KEY = "pneumoscan.models.weights"
+META_KEY = "pneumoscan.checkpoint"
 CAM_KEY = "pneumoscan.cam_weights"
 
 

@@ -34,6 +34,7 @@ from .predictor import Predictor
 
 N_PARITY = 16      # readable inputs the export is checked on (first ones of the call)
 RUNTIMES = ("auto", "torch", "onnx")
+GRAPH_KEYS = ("input_size", "mean", "std", "channels")  # the preprocessing inside a graph
 
 
 def parity_images(paths: list[str], ckpt: Checkpoint, n: int = N_PARITY) -> np.ndarray:
@@ -45,7 +46,7 @@ def parity_images(paths: list[str], ckpt: Checkpoint, n: int = N_PARITY) -> np.n
 
 def shipped_graph(folder: Path) -> Path | None:
     """folder/model.onnx if it was exported from folder's model.safetensors with the same
-    preprocessing (so it reproduces them), else None."""
+    normalisation (what the graph bakes in; decoding happens before it), else None."""
     graph = folder / contract.GRAPH
     if not graph.is_file():
         return None
@@ -54,9 +55,10 @@ def shipped_graph(folder: Path) -> Path | None:
         ours = json.loads((folder / contract.META).read_text())
     except Exception:  # noqa: BLE001 (a corrupt or foreign file: not this folder's graph)
         return None
+    baked = [meta.get("preprocessing", {}).get(k) == ours.get("preprocessing", {}).get(k)
+             for k in GRAPH_KEYS]
     same = (meta.get("weights_sha256") == contract.file_sha256(folder / contract.WEIGHTS)
-            and meta.get("preprocessing") == ours.get("preprocessing")
-            and meta.get("labels") == ours.get("labels"))
+            and all(baked) and meta.get("labels") == ours.get("labels"))
     return graph if same else None
 
 
