@@ -144,3 +144,21 @@ def test_onnx_file_alone_carries_its_contract():
     shipped = json.loads((contract.default_model_dir() / contract.META).read_text())
     assert ckpt.labels == shipped["labels"] and ckpt.threshold == shipped["threshold"]
     assert make_predictor(None).runtime == "onnxruntime"
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("temperature", -1.0, "temperature"), ("temperature", "hot", "temperature"),
+    ("threshold", 1.5, "threshold"), ("ood", {"method": "x"}, "ood.threshold"),
+    ("labels", ["CAT", "DOG"], "labels")])
+def test_every_decision_key_of_the_contract_is_checked_on_load(tmp_path, key, value, says):
+    """A model.json whose temperature, threshold, labels or OOD gate could not be applied is a
+    CheckpointError naming the key, before any image is scored."""
+    from pneumoscan.core.errors import CheckpointError
+
+    for f in contract.default_model_dir().iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((tmp_path / contract.META).read_text())
+    meta[key] = value
+    (tmp_path / contract.META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=says):
+        make_predictor(tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -65,12 +66,34 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, d: dict) -> Checkpoint:
+        """The contract of a model.json dict, every key that changes a decision checked:
+        labels (NORMAL among them), preprocessing (known keys), threshold in [0, 1],
+        temperature > 0, the OOD gate's threshold (CheckpointError, naming the key)."""
         core = {"format", "model_name", "labels", "preprocessing", "threshold", "val_metrics",
                 "config"}
-        return cls(d["model_name"], list(d["labels"]),
+        ckpt = cls(d["model_name"], list(d["labels"]),
                    Preprocessing.from_dict(d["preprocessing"]), float(d["threshold"]),
                    d.get("val_metrics", {}), d.get("config", {}),
                    {k: v for k, v in d.items() if k not in core})
+        ckpt.validate()
+        return ckpt
+
+    def validate(self) -> None:
+        def bad(key: str, why: str):
+            return CheckpointError(f"model contract: {key} {why}")
+
+        if len(self.labels) < 2 or "NORMAL" not in self.labels:
+            raise bad("labels", f"{self.labels} must name NORMAL and at least one other class")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise bad("threshold", f"{self.threshold} is not a probability")
+        t = self.extra.get("temperature", 1.0)
+        if not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise bad("temperature", f"{t!r} is not a positive number")
+        gate = self.extra.get("ood")
+        if gate is not None:
+            g = gate.get("threshold") if isinstance(gate, dict) else None
+            if not isinstance(g, int | float) or not math.isfinite(g):
+                raise bad("ood.threshold", f"{g!r} is not a number")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -116,9 +139,11 @@ def read(folder: Path) -> Checkpoint:
     try:
         meta = json.loads((folder / META).read_text())
         if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{folder / META}: unknown format {meta.get('format')!r}")
+            raise CheckpointError(f"unknown format {meta.get('format')!r}")
         ckpt = Checkpoint.from_json(meta)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except CheckpointError as e:
+        raise CheckpointError(f"{folder / META}: {e}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{folder / META}: malformed checkpoint metadata ({e})") from None
     ckpt.extra["path"] = str(folder)
     if ckpt.ood_gate is not None and not (folder / OOD).is_file():
