@@ -490,7 +490,7 @@ def cmd_predict(args) -> int:
     rows = [r.to_dict() for r in predictor.predict(paths)]
     columns = ["path", "probability", "label", "error", "ood", "ood_score"]
     flat = rows
-    if len(predictor.ckpt.labels) > 2:  # a K-class model: each class's probability, etiology
+    if not predictor.ckpt.binary:  # a K-class model: each class's probability, etiology
         names = [f"p_{name}" for name in predictor.ckpt.labels]
         columns[3:3] = [*names, "etiology"]
         flat = [{**r, **dict(zip(names, (r["class_probabilities"] or {}).values()))}
@@ -546,7 +546,7 @@ def cmd_explain(args) -> int:
     rows = _write_explanations(explainer, expand_inputs(args.paths), args.method, args.out,
                                args.save_npy)
     columns, flat = ["path", "probability", "label", "png"], rows
-    if len(explainer.ckpt.labels) > 2:  # a K-class model: each class's probability, etiology
+    if not explainer.ckpt.binary:  # a K-class model: each class's probability, etiology
         names = [f"p_{name}" for name in explainer.ckpt.labels]
         columns[3:3] = [*names, "etiology"]
         flat = [{**r, **dict(zip(names, (r["class_probabilities"] or {}).values()))}

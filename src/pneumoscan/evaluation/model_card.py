@@ -40,7 +40,7 @@ def _interval(c: dict) -> str:
 
 
 def _output(ckpt: checkpoint.Checkpoint, temperature: float, threshold: float) -> str:
-    if len(ckpt.labels) == 2:
+    if ckpt.binary:
         return (f"a pneumonia probability, temperature-scaled (T = {temperature:.4f}), and a "
                 f"label at the stored threshold {threshold:.4f}")
     return (f"the probability of each of {', '.join(ckpt.labels)} (softmax, temperature-scaled,"
@@ -51,7 +51,7 @@ def _output(ckpt: checkpoint.Checkpoint, temperature: float, threshold: float) -
 
 def _multiclass(m: dict, ckpt: checkpoint.Checkpoint) -> str:
     """A K-class checkpoint's labels and its K-class figures, validation then evaluation."""
-    if len(ckpt.labels) == 2 or not m.get("multiclass"):
+    if ckpt.binary or not m.get("multiclass"):
         return ""
     mc, val, split = m["multiclass"], ckpt.val_metrics, m["headline"]["split"]
     ci = mc["ci"]
@@ -106,7 +106,7 @@ def render_card(m: dict, ckpt: checkpoint.Checkpoint) -> str:
     fp_line = (f"{h['fp']} of {h['fp'] + h['tn']} normal children are flagged (specificity "
                f"{_ci(m, 'specificity')}); the most confident false alarm scores "
                f"{max(fp_probs):.3f}." if fp_probs else "No false positives on this split.")
-    etiology_use = ("does not distinguish bacterial from viral pneumonia" if len(ckpt.labels) == 2
+    etiology_use = ("does not distinguish bacterial from viral pneumonia" if ckpt.binary
                     else "gives a likelier etiology (bacterial or viral) that is no diagnosis "
                          "of the cause either")
     val_spec = val.get("specificity")

@@ -206,7 +206,7 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
         "provenance": provenance(ckpt, folder, data_dir, records,
                                  {k: len(v) for k, v in splits.items()}, seed),
     }
-    if len(ckpt.labels) > 2:
+    if not ckpt.binary:
         metrics["labels"] = ckpt.labels
         metrics["multiclass"] = _multiclass(ev, ckpt.labels, n_resamples, seed)
     return metrics, ev

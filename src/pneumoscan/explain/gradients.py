@@ -47,7 +47,7 @@ def attribution_target(model: nn.Module, ckpt: Checkpoint, target: int | None
                        ) -> tuple[nn.Module, int]:
     """(forward function, output index) to attribute: `target` is a raw logit index; None is
     the pneumonia decision (a binary model's logit 0, a K-class model's PneumoniaLogOdds)."""
-    if target is not None or len(ckpt.labels) == 2:
+    if target is not None or ckpt.binary:
         return model, 0 if target is None else target
     return PneumoniaLogOdds(model, ckpt.labels.index("NORMAL"), ckpt.temperature), 0
 

@@ -127,7 +127,7 @@ def cam_weights(model: nn.Module) -> dict | None:
 def output_contract(ckpt: checkpoint.Checkpoint) -> str:
     """What the `logit` output holds and how predict.class_probabilities reads it."""
     t = ckpt.temperature
-    if len(ckpt.labels) == 2:
+    if ckpt.binary:
         return (f"logit (B, 1): the {ckpt.labels[1]} logit; p = sigmoid(logit / T), T = {t!r}; "
                 f"{ckpt.labels[1]} when p >= threshold")
     return (f"logit (B, {len(ckpt.labels)}): class logits in the order of labels "

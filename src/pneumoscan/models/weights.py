@@ -133,7 +133,7 @@ def load(path: str | Path | None = None,
     else:
         folder = resolve(path)
     ckpt = contract.read(folder)
-    num_outputs = 1 if len(ckpt.labels) == 2 else len(ckpt.labels)
+    num_outputs = 1 if ckpt.binary else len(ckpt.labels)
     model = create_model(ckpt.model_name, pretrained=False, num_outputs=num_outputs)
     if state is None:
         try:

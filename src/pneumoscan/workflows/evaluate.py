@@ -43,7 +43,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     result = headline_metrics(targets, probs, ckpt.threshold)
     result.update({"split": split, "model": ckpt.extra.get("path"), "tta": predictor.tta,
                    "skipped": list(errors.values())})
-    if len(ckpt.labels) > 2:
+    if not ckpt.binary:
         result["labels"] = ckpt.labels
         try:
             classes = [class_index(records[i], ckpt.labels) for i in ok]
