@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..core.config import config_from_dict
 from ..core.decisions import class_probabilities, probabilities_from_logits
 from ..core.decisions import scaled_sigmoid as probabilities
-from ..data import class_index, scan, select
+from ..data import class_index
 from ..data.decode import load_many
+from ..data.runs import split_of_run
 from ..inference.torch_backend import predict_logits
 from ..models import weights as checkpoint
 from .metrics import (
@@ -123,9 +123,7 @@ def calibrate(model_path: str | Path | None, data_dir: str | Path) -> dict:
     """
     folder = checkpoint.resolve(model_path)
     model, ckpt = checkpoint.load(folder)
-    cfg = config_from_dict(ckpt.config)
-    val = select(scan(data_dir), "val", cfg.val_fraction, cfg.data_seed,
-                 cfg.limit_per_class)
+    val = split_of_run(ckpt.config, data_dir, "val")
     _, y_val, z_val, _ = score_records(model, ckpt, val)
     summary = calibrate_checkpoint(ckpt, y_val, z_val)
     meta = ckpt.to_json()

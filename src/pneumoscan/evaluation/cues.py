@@ -16,9 +16,8 @@ import os
 
 import numpy as np
 
-from ..core.config import config_from_dict
-from ..data import select
 from ..data.decode import load_many
+from ..data.runs import split_of_run
 from .metrics import auroc, binary_metrics
 
 STATS = ("sharpness", "brightness", "border_brightness", "body_width", "file_kb")
@@ -69,8 +68,7 @@ def _metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
 def cue_conflicting(predictor, all_records, ckpt, records, ok, images: np.ndarray,
                     y: np.ndarray, p: np.ndarray) -> dict:
     """The cue views of a scored split (`images`, labels `y`, model probabilities `p`)."""
-    cfg = config_from_dict(ckpt.config)
-    train = select(all_records, "train", cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
+    train = split_of_run(ckpt.config, all_records, "train")
     prep = ckpt.preprocessing
     x_tr, ok_tr, _ = load_many([r.path for r in train], prep.input_size, prep.interpolation,
                                 storage_quality=prep.storage_quality)

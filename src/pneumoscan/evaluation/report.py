@@ -22,8 +22,9 @@ import torch
 from .. import __version__
 from ..core.config import config_from_dict
 from ..core.decisions import class_probabilities, probabilities_from_logits
-from ..data import DatasetNotFound, Record, scan, select
+from ..data import DatasetNotFound, Record, load_records
 from ..data.decode import load_gray
+from ..data.runs import split_of_run
 from ..models import weights as checkpoint
 from . import plots
 from .calibration import score_records, temperature_of
@@ -164,12 +165,11 @@ def analyse(model_path, data_dir: str | Path, split: str, n_resamples: int = 200
             seed: int = 0, records: list[Record] | None = None):
     """Score `split` (and val) with one model -> (metrics dict, Scored eval, Scored val)."""
     data_dir = Path(data_dir)
-    records = scan(data_dir) if records is None else records
+    records = load_records(data_dir) if records is None else records
     model, ckpt = checkpoint.load(model_path)
     model = model.to(memory_format=torch.channels_last)
     folder = Path(ckpt.extra["path"]).resolve()
-    cfg = config_from_dict(ckpt.config)
-    splits = {name: select(records, name, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
+    splits = {name: split_of_run(ckpt.config, records, name)
               for name in ("train", "val", "val-official", "test")}
     if not splits.get(split):
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
@@ -269,7 +269,7 @@ def write_report(model_paths: list, data_dir: str | Path, split: str, out_dir: s
         >>> write_report([None], "data/chest_xray", "test", "reports/test")  # doctest: +SKIP
     """
     out_dir = Path(out_dir)
-    records = scan(data_dir)
+    records = load_records(data_dir)
     per_model, sections = [], []
     for k, path in enumerate(model_paths):
         metrics, ev = analyse(path, data_dir, split, n_resamples, seed, records)

@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.config import config_from_dict
 from ..core.contract import Checkpoint
 from ..core.decisions import class_probabilities, probabilities_from_logits
 from ..core.errors import ExportError
 from ..core.preprocessing import Preprocessing
-from ..data import scan, select
 from ..data.decode import load_many
+from ..data.runs import split_of_run
 from ..models import weights as checkpoint
 from ..models.registry import get_spec
 from ..models.transforms import to_model_input
@@ -304,9 +303,7 @@ def _refuse_ensemble(model_path) -> None:
 def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> np.ndarray:
     """Up to n decoded images of the carved `val` split the checkpoint was selected on."""
     _, ckpt = checkpoint.load(model_path)
-    cfg = config_from_dict(ckpt.config)
-    records = select(scan(data_dir), "val", cfg.val_fraction, cfg.data_seed,
-                     cfg.limit_per_class)
+    records = split_of_run(ckpt.config, data_dir, "val")
     # Spread over the split (it is ordered by label) so both classes are present.
     step = max(1, len(records) // n)
     prep = ckpt.preprocessing

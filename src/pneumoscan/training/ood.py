@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..core.config import config_from_dict
-from ..data import scan, select
+from ..data import load_records
 from ..data.decode import load_many
+from ..data.runs import split_of_run
 from ..inference.ood import scores
 from ..inference.torch_backend import logits_and_features, pooled_features  # noqa: F401
 from ..models import weights as checkpoint
@@ -72,13 +72,11 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
     """Fit the gate of an existing run on its own carved train/val split (read from the data
     folder with the run's val_fraction and seed) and store it beside the weights."""
     model, ckpt = checkpoint.load(model_path)
-    cfg = ckpt.config
-    records = scan(data_dir)
+    records = load_records(data_dir)
     prep = ckpt.preprocessing
     arrays = {}
     for split in ("train", "val"):
-        recs = select(records, split, float(cfg.get("val_fraction", 0.1)),
-                      config_from_dict(cfg).data_seed, int(cfg.get("limit_per_class", 0)))
+        recs = split_of_run(ckpt.config, records, split)
         arrays[split] = load_many([r.path for r in recs], prep.input_size,
                                   prep.interpolation,
                                   storage_quality=prep.storage_quality)[0]

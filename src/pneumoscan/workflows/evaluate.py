@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.config import config_from_dict
-from ..data import DatasetNotFound, class_index, load_records, select
+from ..data import DatasetNotFound, class_index, load_records
 from ..data.decode import load_many
+from ..data.runs import split_of_run
 from ..evaluation.metrics import headline_metrics, multiclass_metrics
 from ..inference.runtime import load_torch
 
@@ -14,8 +14,7 @@ from ..inference.runtime import load_torch
 def split_images(all_records: list, ckpt, split: str, data_dir: str | Path):
     """The records of `split` as the checkpoint's run carved it (val rebuilt from the stored
     split seed and fraction) and their decoded images: (records, images, ok, errors)."""
-    cfg = config_from_dict(ckpt.config)
-    records = select(all_records, split, cfg.val_fraction, cfg.data_seed, cfg.limit_per_class)
+    records = split_of_run(ckpt.config, all_records, split)
     if not records:
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     prep = ckpt.preprocessing
