@@ -25,11 +25,14 @@ META_KEY = "pneumoscan.checkpoint"
 CAM_KEY = "pneumoscan.cam_weights"
 
 
-def open_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session of the graph at `path`."""
+def open_session(path: str | Path, threads: int | None = None, low_memory: bool = False):
+    """An ONNX Runtime CPU session of the graph at `path`. `low_memory`: no memory arena, so
+    activations are returned to the system after each run (a server's peak memory: 262 vs
+    361 MiB under 16 clients) at ~30% more CPU per batch (page faults; `predict` keeps it)."""
     import onnxruntime as ort  # ~60 MiB: only once a graph is to be run
 
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = not low_memory
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

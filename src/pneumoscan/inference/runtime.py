@@ -79,7 +79,8 @@ def _say(message: str) -> None:
 def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
                    paths: list[str] | None = None, onnx_file: str | Path | None = None,
                    bf16: bool = False, allow_pickle: bool = False,
-                   notify: Callable[[str], None] = _say, tta: bool = False) -> Predictor:
+                   notify: Callable[[str], None] = _say, tta: bool = False,
+                   low_memory: bool = False) -> Predictor:
     """The predictor `pneumoscan predict` and `serve` use.
 
     Args:
@@ -92,6 +93,7 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
         allow_pickle: see checkpoint.load.
         tta: average over test-time augmentations (torch only; an ensemble folder is torch
             too: one ONNX graph carries one model).
+        low_memory: ONNX Runtime without its memory arena (serve; see onnx.open_session).
 
     Examples:
         >>> p = make_predictor(None, paths=["examples/NORMAL/NORMAL2-IM-1427-0001.jpeg"])
@@ -118,7 +120,8 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
         folder = contract.resolve(model_path)
         graph = shipped_graph(folder)
         if graph is not None:
-            return Predictor(OnnxBackend(open_session(graph), graph), contract.read(folder))
+            return Predictor(OnnxBackend(open_session(graph, low_memory=low_memory), graph),
+                             contract.read(folder))
     checkpoint, torch_backend = _torch_runtime(
         "the torch runtime" if wants_torch else
         f"scoring a model without its exported {contract.GRAPH} (make one with 'pneumoscan "
@@ -130,7 +133,7 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
         from .export import cached_onnx  # torch and onnx: the training extra
 
         file = cached_onnx(model, ckpt, lambda: parity_images(paths or [], ckpt))
-        session = open_session(file)
+        session = open_session(file, low_memory=low_memory)
     except Exception as e:  # noqa: BLE001 (ImportError, ExportError, ORT's own errors...)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         if runtime == "onnx":

@@ -41,6 +41,11 @@ from .uploads import DICOM, JPEG, PNG, UploadError, decode
 log = logging.getLogger("pneumoscan.serve")
 SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to workers
 STATIC = Path(str(resources.files("pneumoscan.serve") / "static"))
+# Images per forward pass. With ONNX Runtime's arena off (load_predictor), a pass's
+# activations are the server's memory peak: 4 keeps it at ~220 MiB under 16 clients sending
+# full-size originals (8: ~290 MiB) for the same throughput on 2 cores
+# (benchmarks/inference_install.py).
+SERVE_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,9 @@ class Service:
                                             thread_name_prefix="decode")
         # Each row: (probability, OOD score or NaN, each class's probability), from one
         # forward pass.
-        self._batcher = MicroBatcher(lambda images: _rows(*predictor.class_scores(images)))
+        self._batcher = MicroBatcher(
+            lambda images: _rows(*predictor.class_scores(images, batch_size=SERVE_BATCH)),
+            max_batch=SERVE_BATCH)
         # Grad-CAM gets its own copy of the model, made on first use: captum's temporary
         # hooks must never fire on the batcher's forward passes. One heatmap at a time.
         self._explainer = None
@@ -209,7 +216,8 @@ def load_predictor(settings: Settings) -> Predictor:
         log.warning("%s (a `pneumoscan predict` run on a few X-rays exports and checks the "
                     "ONNX graph once; later starts use it)", message)
 
-    return make_predictor(settings.model, settings.runtime, paths=[], notify=notify)
+    return make_predictor(settings.model, settings.runtime, paths=[], notify=notify,
+                          low_memory=True)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
