@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 INFER := .venv-infer
 INFER_STAMP := $(INFER)/.installed
 
-.PHONY: demo test lint docs wheel-check bench clean
+.PHONY: demo test lint docs wheel-check bench clean vendor-ort
 
 $(INFER_STAMP): pyproject.toml
 	test -x $(INFER)/bin/python || $(PY) -m venv $(INFER)
@@ -45,6 +45,17 @@ docs: $(STAMP)
 # The wheel, installed into a clean virtual environment without torch: predict, explain, serve.
 wheel-check: $(STAMP)
 	PY=$(BIN)/python .ci/wheel_check
+
+# The ONNX Runtime Web files the browser site ships are vendored (pinned, with their licence);
+# this refreshes them from npm (needs npm). Then update the sha256s in VERSION.json.
+ORT_WEB := 1.30.0
+ORT_DIR := src/pneumoscan/web/vendor/onnxruntime-web
+vendor-ort:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack -q onnxruntime-web@$(ORT_WEB) >/dev/null \
+	  && tar xzf onnxruntime-web-$(ORT_WEB).tgz \
+	  && cp package/dist/ort.wasm.bundle.min.mjs package/dist/ort-wasm-simd-threaded.wasm \
+	     $(CURDIR)/$(ORT_DIR)/ && rm -rf $$tmp
+	cd $(ORT_DIR) && sha256sum ort.wasm.bundle.min.mjs ort-wasm-simd-threaded.wasm
 
 clean:
 	rm -rf $(VENV) $(INFER) .pytest_cache .ruff_cache dist site

@@ -13,7 +13,7 @@ from .commands.evaluating import (
     cmd_evaluate,
     cmd_model_card,
 )
-from .commands.screening import cmd_explain, cmd_predict, cmd_serve
+from .commands.screening import cmd_dicomweb, cmd_explain, cmd_predict, cmd_serve
 from .commands.training import (
     cmd_audit,
     cmd_bench,
@@ -56,6 +56,13 @@ def _tta_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over small shifts and zooms "
                         "(7 passes; the stored threshold was chosen without it)")
+
+
+def _dicom_out_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="for each DICOM input, write a Secondary Capture (overlay + result "
+                        "burnt in) and a Structured Report into DIR, in the input's study "
+                        "(docs/dicom.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--explain", default=None, metavar="DIR",
                    help="also write a Grad-CAM overlay PNG per image into DIR")
+    _dicom_out_arg(p)
     p.add_argument("--bf16", action="store_true",
                    help="torch runtime: bf16 autocast (faster on AVX-512 BF16 CPUs; may flip "
                         "labels near the threshold)")
@@ -176,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--save-npy", action="store_true",
                    help="also write the raw map (original size, float32 in [0, 1]) as .npy")
+    _dicom_out_arg(p)
 
     p = sub.add_parser("export", help="export a model to ONNX (+ INT8), parity-checked")
     _data_arg(p)
@@ -184,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="model.onnx", help="the .onnx file to write")
     p.add_argument("--int8", action="store_true",
                    help="also write <out>.int8.onnx, statically quantized on val images")
+    p.add_argument("--web", default=None, metavar="DIR",
+                   help="instead, write a static site into DIR that screens X-rays in the "
+                        "browser (ONNX Runtime Web): images never leave the user's machine")
 
     p = sub.add_parser("bench", help="speed figures of every runtime, side by side")
     _data_arg(p)
@@ -202,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): the model's ONNX graph (shipped with the package, or "
                         "the one `pneumoscan predict` exported and checked), else torch; or "
                         "force one")
+
+    p = sub.add_parser("dicomweb", help="score CR/DX studies of a DICOMweb server and store "
+                                        "SC + SR results back (docs/dicom.md)")
+    p.add_argument("url", help="DICOMweb root, e.g. http://localhost:8042/dicom-web")
+    p.add_argument("--once", action="store_true", help="one pass, print its summary, exit")
+    p.add_argument("--study", default=None, metavar="UID", help="only this study")
+    p.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between passes without --once (default 60)")
+    p.add_argument("--spool", default=None, metavar="DIR",
+                   help="results not yet stored wait here (default: "
+                        "$PNEUMOSCAN_CACHE/dicomweb-spool)")
+    p.add_argument("--retries", type=int, default=4,
+                   help="retries of a request to a server that is down (default 4)")
+    p.add_argument("--backoff", type=float, default=1.0, metavar="SECONDS",
+                   help="wait before the first retry, doubled each time (default 1)")
+    p.add_argument("--model", default=None,
+                   help="run folder or its model.json (default: the shipped model)")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="as predict's --runtime (Grad-CAM from the ONNX graph's features, or "
+                        "the torch model's gradients with --runtime torch)")
     return parser
 
 
@@ -209,7 +241,8 @@ COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
             "ensemble": cmd_ensemble,
             "predict": cmd_predict, "calibrate": cmd_calibrate,
             "fit-ood": cmd_fit_ood, "model-card": cmd_model_card,
-            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve,
+            "dicomweb": cmd_dicomweb}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("highdicom", "httpx"):  # a line per copied module, per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError,

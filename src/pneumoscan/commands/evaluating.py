@@ -155,9 +155,32 @@ def _evaluate_report(args, models: list) -> int:
     return SOME_FAILED if any(r["skipped"] for r in rows) else 0
 
 
+def refuse_shipped(args, verb: str) -> str | None:
+    """Commands that rewrite a model need an explicit --model that is not a shipped model
+    (the installed package is never modified); the message, or None when it may go on."""
+    from ..core.contract import CheckpointError, resolve, shipped_models
+
+    if args.model is None:
+        return (f"pneumoscan {verb}: --model RUN is required: it rewrites that run's "
+                f"model.json (the shipped models are never modified; copy one into a folder "
+                f"of yours first)")
+    try:
+        folder = resolve(args.model).resolve()
+    except CheckpointError:
+        return None  # the command itself reports the bad path
+    if any(folder == d.resolve() for d in shipped_models().values()):
+        return (f"pneumoscan {verb}: {args.model} is a shipped model inside the installed "
+                f"package and is never modified; copy it into a folder of yours first")
+    return None
+
+
 def cmd_calibrate(args) -> int:
     if args.site:
         return _calibrate_site(args)
+    refusal = refuse_shipped(args, "calibrate")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return USAGE_ERROR
     from ..evaluation.calibration import calibrate
 
     s = calibrate(args.model, _data_dir(args))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._common import USAGE_ERROR
 from ._common import data_dir as _data_dir
+from .evaluating import refuse_shipped
 
 
 def cmd_audit(args) -> int:
@@ -79,6 +80,10 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_fit_ood(args) -> int:
+    refusal = refuse_shipped(args, "fit-ood")
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return USAGE_ERROR
     from ..training.ood import fit_for_run
 
     g = fit_for_run(args.model, _data_dir(args), args.target_false_reject)
@@ -89,6 +94,8 @@ def cmd_fit_ood(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.web:
+        return _export_web(args)
     from ..inference.export import export_from_data
 
     report = export_from_data(args.model, args.out, _data_dir(args), int8=args.int8)
@@ -98,6 +105,16 @@ def cmd_export(args) -> int:
         if len(r["max_abs_class_prob_diff"]) > 2:  # a K-class model: every class checked
             print("  per class max |dp|: " + ", ".join(
                 f"{k} {v:.2e}" for k, v in r["max_abs_class_prob_diff"].items()))
+    return 0
+
+
+def _export_web(args) -> int:
+    from ..web.build import build_site, parity_images
+
+    report = build_site(args.web, args.model, lambda: parity_images(args.model, _data_dir(args)))
+    print(f"site: {report['path']} ({report['bytes'] / 2**20:.1f} MiB, ONNX Runtime Web "
+          f"{report['onnxruntime_web']}); serve the folder as it is, e.g. "
+          f"python -m http.server -d {report['path']} -b 127.0.0.1")
     return 0
 
 

@@ -29,7 +29,8 @@ ENSEMBLE = "ensemble.json"  # an ensemble folder's file instead (inference/ensem
 FORMAT = "pneumoscan-checkpoint/1"
 
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT", "GRAPH", "META", "OOD", "WEIGHTS",
-           "default_model_dir", "file_sha256", "is_ensemble", "read", "resolve", "shipped_models"]
+           "check_sha256", "default_model_dir", "file_sha256", "is_ensemble", "read", "resolve",
+           "shipped_models"]
 
 
 @dataclass
@@ -133,6 +134,18 @@ def is_ensemble(path: str | Path | None) -> bool:
     return (p / ENSEMBLE).is_file() or (p.name == ENSEMBLE and p.is_file())
 
 
+def check_sha256(path: Path, expected: str | None, key: str) -> None:
+    """A file the contract names by checksum must be that file: a tampered or swapped weights
+    file (e.g. a negated classifier) would otherwise silently invert decisions."""
+    if not expected or not path.is_file():
+        return  # older contracts carry no checksum; a missing file is reported when read
+    found = file_sha256(path)
+    if found != expected:
+        raise CheckpointError(f"{path}: sha256 {found[:12]}... does not match {key} "
+                              f"{expected[:12]}... in {META}: the file was changed after the "
+                              f"model was saved; refusing to load it")
+
+
 def read(folder: Path) -> Checkpoint:
     """The contract in folder/model.json, with the OOD gate's statistics if it declares one;
     extra["path"] is set to the folder. Reads no weights."""
@@ -157,4 +170,5 @@ def read(folder: Path) -> Checkpoint:
             ckpt.ood_stats = load_file(folder / OOD)
         except Exception as e:  # noqa: BLE001 (SafetensorError, OSError)
             raise CheckpointError(f"{folder / OOD}: unreadable OOD statistics ({e})") from None
+        check_sha256(folder / OOD, ckpt.ood_gate.get("sha256"), "ood.sha256")
     return ckpt

@@ -186,6 +186,10 @@ def _decode_gray(path, name: str | None, draft: tuple[int, int] | None,
     if isinstance(name, bytes):
         name = name.decode(errors="replace")
     try:
+        if isinstance(path, str | Path) and Path(path).exists() and not Path(path).is_file() \
+                and not Path(path).is_dir():
+            # opening a FIFO blocks until a writer comes: never open what is not a file
+            raise ImageError(f"{name}: not a regular file (a FIFO, socket or device)")
         if isinstance(path, str | Path) and Path(path).is_file() and Path(path).stat().st_size == 0:
             raise ImageError(f"{name}: empty file (0 bytes)")
         if is_dicom(path) or (isinstance(path, str | Path) and Path(path).suffix.lower() == ".dcm"):

@@ -60,13 +60,15 @@ class Explainer:
              occlusion_settings: OcclusionSettings = OcclusionSettings()) -> np.ndarray:
         """(N, S, S) uint8 model inputs -> (N, S, S) float32 maps in [0, 1]."""
         size = self.ckpt.preprocessing.input_size
-        maps = self._native_maps(images, method, target, occlusion_settings)
+        maps = self.native_maps(images, method, target, occlusion_settings)
         return np.stack([resize_map(m, size, size) for m in maps]) if len(maps) else \
             np.zeros((0, size, size), np.float32)
 
-    def _native_maps(self, images, method, target, occlusion_settings) -> np.ndarray:
-        """Maps at the method's own resolution (the target layer's for Grad-CAM), so that
-        each is resized only once, straight to its image's geometry."""
+    def native_maps(self, images: np.ndarray, method: str = "gradcam", target: int | None = None,
+                    occlusion_settings: OcclusionSettings = OcclusionSettings()) -> np.ndarray:
+        """(N, S, S) uint8 -> maps in [0, 1] at the method's own resolution (the target
+        layer's for Grad-CAM), so that each is resized only once, straight to its image's
+        geometry (resize_map)."""
         if method not in METHODS:
             raise ValueError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
         backend = self.predictor.backend
@@ -102,7 +104,7 @@ class Explainer:
             chunk = paths[start:start + batch_size]
             arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation,
                                           storage_quality=prep.storage_quality)
-            maps = self._native_maps(arr, method, target, occlusion_settings)
+            maps = self.native_maps(arr, method, target, occlusion_settings)
             logits = self.predictor.logits(arr)
             scores = zip(maps, decisions.probabilities_from_logits(logits, self.ckpt),
                          decisions.class_probabilities(logits, self.ckpt))

@@ -26,6 +26,7 @@ from torch import nn
 from ..core.contract import Checkpoint
 from ..core.decisions import class_probabilities, probabilities_from_logits
 from ..core.errors import ExportError
+from ..core.paths import CACHE_ENV, cache_dir  # noqa: F401 (export.cache_dir)
 from ..core.preprocessing import Preprocessing
 from ..data.decode import load_many
 from ..data.runs import split_of_run
@@ -39,8 +40,10 @@ from .onnx import (  # noqa: F401 (the graph's names, for export's users)
     META_KEY,
     onnx_logits,
     onnx_outputs,
+    output_contract,
     read_metadata,
 )
+from .onnx import refuse_ensemble as _refuse_ensemble
 from .torch_backend import predict_logits
 
 log = logging.getLogger(__name__)
@@ -49,16 +52,7 @@ N_PARITY, N_CALIBRATION = 64, 400  # carved-val images; the test split is never 
 PARITY_TOLERANCE = 1e-3  # max |probability difference| vs PyTorch for fp32
 
 
-CACHE_ENV = "PNEUMOSCAN_CACHE"
 EXPORT_FORMAT = 1  # bump when the exported graph's inputs or outputs change
-
-
-def cache_dir() -> Path:
-    """$PNEUMOSCAN_CACHE, else $XDG_CACHE_HOME/pneumoscan, else ~/.cache/pneumoscan."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pneumoscan"
 
 
 def graph_key(model, ckpt: Checkpoint) -> str:
@@ -121,17 +115,6 @@ def cam_weights(model: nn.Module) -> dict | None:
         return None
     return {"weight": head.weight.detach().tolist(), "bias": head.bias.detach().tolist(),
             "pooling": "global average of `features`, then weight @ pooled + bias = logit"}
-
-
-def output_contract(ckpt: checkpoint.Checkpoint) -> str:
-    """What the `logit` output holds and how predict.class_probabilities reads it."""
-    t = ckpt.temperature
-    if ckpt.binary:
-        return (f"logit (B, 1): the {ckpt.labels[1]} logit; p = sigmoid(logit / T), T = {t!r}; "
-                f"{ckpt.labels[1]} when p >= threshold")
-    return (f"logit (B, {len(ckpt.labels)}): class logits in the order of labels "
-            f"{json.dumps(ckpt.labels)}; p = softmax(logit / T), T = {t!r}; pneumonia "
-            f"probability 1 - p[NORMAL], PNEUMONIA when it is >= threshold")
 
 
 def metadata(ckpt: checkpoint.Checkpoint, model: nn.Module, extra: dict) -> dict[str, str]:
@@ -288,16 +271,6 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
         _set_metadata(int8, metadata(ckpt, model, extra))
         report["int8"] = {"path": str(int8), "n_calibration": int(len(calibration)), **check8}
     return report
-
-
-def _refuse_ensemble(model_path) -> None:
-    if checkpoint.contract.is_ensemble(model_path):
-        raise ExportError(
-            f"{model_path}: an ensemble is not exported as one ONNX graph: the ONNX contract "
-            f"is one model's `logit` (read with that model's temperature) and its Grad-CAM "
-            f"`features`, and an average of calibrated member probabilities is neither. "
-            f"Export each member ('pneumoscan export --model MEMBER') and average their "
-            f"probabilities")
 
 
 def val_images(model_path: str | Path | None, data_dir: str | Path, n: int) -> np.ndarray:

@@ -16,13 +16,35 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import contract
 from ..core.contract import Checkpoint
 from ..core.decisions import head_output
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, ExportError
 
 INPUT, LOGIT, FEATURES = "image", "logit", "features"
 META_KEY = "pneumoscan.checkpoint"
 CAM_KEY = "pneumoscan.cam_weights"
+
+
+def output_contract(ckpt: Checkpoint) -> str:
+    """What the `logit` output holds and how predict.class_probabilities reads it."""
+    t = ckpt.temperature
+    if ckpt.binary:
+        return (f"logit (B, 1): the {ckpt.labels[1]} logit; p = sigmoid(logit / T), T = {t!r}; "
+                f"{ckpt.labels[1]} when p >= threshold")
+    return (f"logit (B, {len(ckpt.labels)}): class logits in the order of labels "
+            f"{json.dumps(ckpt.labels)}; p = softmax(logit / T), T = {t!r}; pneumonia "
+            f"probability 1 - p[NORMAL], PNEUMONIA when it is >= threshold")
+
+
+def refuse_ensemble(model_path) -> None:
+    if contract.is_ensemble(model_path):
+        raise ExportError(
+            f"{model_path}: an ensemble is not exported as one ONNX graph: the ONNX contract "
+            f"is one model's `logit` (read with that model's temperature) and its Grad-CAM "
+            f"`features`, and an average of calibrated member probabilities is neither. "
+            f"Export each member ('pneumoscan export --model MEMBER') and average their "
+            f"probabilities")
 
 
 def open_session(path: str | Path, threads: int | None = None, low_memory: bool = False):

@@ -56,7 +56,10 @@ def expand_inputs(paths: list[str]) -> list[str]:
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            out.extend(found or [str(p)])
+            # FIFOs, sockets and devices are listed so that decoding reports them by name
+            special = sorted(str(f) for f in p.rglob("*")
+                             if f.exists() and not f.is_file() and not f.is_dir())
+            out.extend(sorted(found + special) or [str(p)])
         else:
             out.append(str(p))
     return out

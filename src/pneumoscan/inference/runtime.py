@@ -118,10 +118,15 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
     wants_torch = tta or runtime == "torch" or (runtime == "auto" and bf16)
     if not wants_torch and not pickled:
         folder = contract.resolve(model_path)
+        # Weights changed after saving are refused here as torch refuses them (the graph
+        # would otherwise just not match them and the torch path be tried).
+        contract.check_sha256(folder / contract.WEIGHTS, json.loads(
+            (folder / contract.META).read_text()).get("weights_sha256"), "weights_sha256")
         graph = shipped_graph(folder)
         if graph is not None:
+            ckpt = contract.read(folder)
             return Predictor(OnnxBackend(open_session(graph, low_memory=low_memory), graph),
-                             contract.read(folder))
+                             ckpt)
     checkpoint, torch_backend = _torch_runtime(
         "the torch runtime" if wants_torch else
         f"scoring a model without its exported {contract.GRAPH} (make one with 'pneumoscan "

@@ -140,6 +140,8 @@ def load(path: str | Path | None = None,
             state = load_file(folder / WEIGHTS)
         except Exception as e:  # noqa: BLE001 (SafetensorError, OSError)
             raise CheckpointError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
+        contract.check_sha256(folder / WEIGHTS, ckpt.extra.get("weights_sha256"),
+                              "weights_sha256")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.datastructures import UploadFile
@@ -34,6 +35,7 @@ from ..explain.cam import heatmap_rgba
 from ..explain.explainer import Explainer
 from ..inference.predictor import Predictor
 from ..inference.runtime import make_predictor
+from ..web.build import site_for_server
 from .batcher import MicroBatcher
 from .middleware import AccessLog, BodyLimit
 from .uploads import DICOM, JPEG, PNG, UploadError, decode
@@ -236,18 +238,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         size = service.ckpt.preprocessing.input_size
         await service.probabilities(np.zeros((1, size, size), np.uint8))  # warm-up
         app.state.service = service
+        # "On this computer": the same model as a static in-browser site under /local/.
+        local = tempfile.TemporaryDirectory(prefix="pneumoscan-site-")
+        site = await run_in_threadpool(site_for_server, settings.model, local.name)
+        app.state.local = StaticFiles(directory=site, html=True) if site else None
         log.info("model %s loaded; ready", service.model_info["name"])
         yield
-        app.state.service = None
+        app.state.service = app.state.local = None
         service.close()
+        local.cleanup()
 
     app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
                   description="Pneumonia screening of pediatric chest X-rays. Research tool, "
                               "not for clinical diagnosis.")
-    app.state.service = None
+    app.state.service = app.state.local = None
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(AccessLog)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    async def local_site(scope, receive, send):
+        site = scope["app"].state.local
+        if site is None:
+            await JSONResponse({"detail": "'on this computer' is not available: no checked "
+                                "ONNX export of this model (see the server log)"},
+                               404)(scope, receive, send)
+        else:
+            await site(scope, receive, send)
+
+    app.mount("/local", local_site, name="local")
     upload_doc = {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"],
                    "properties": {"file": {"type": "string", "format": "binary"}}}}}}}

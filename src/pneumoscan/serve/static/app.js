@@ -70,3 +70,12 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over");
   if (e.dataTransfer.files.length) upload(e.dataTransfer.files[0]);
 });
+
+// "On this computer" exists when the server could build the in-browser site (/local/).
+fetch("/local/model/contract.json", { method: "HEAD" }).then((r) => {
+  if (r.ok) return;
+  const link = $("mode-local");
+  link.removeAttribute("href");
+  link.classList.add("off");
+  link.title = "not available: the server has no checked ONNX export of this model";
+});
