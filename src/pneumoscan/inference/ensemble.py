@@ -17,6 +17,7 @@ import numpy as np
 
 from ..core import contract
 from ..core.contract import ENSEMBLE, Checkpoint, CheckpointError
+from ..models.weights import load as load_weights
 from .predictor import Predictor
 from .torch_backend import torch_predictor
 
@@ -100,17 +101,17 @@ class EnsemblePredictor(Predictor):
         members = []
         for entry in entries:
             member = folder / entry["path"]
-            weights = member / contract.WEIGHTS
-            if not weights.is_file():
+            weights_file = member / contract.WEIGHTS
+            if not weights_file.is_file():
                 raise EnsembleError(f"{folder / FILE}: member {entry['path']}: no "
                                     f"{contract.WEIGHTS} at {member}")
-            sha = contract.file_sha256(weights)
+            sha = contract.file_sha256(weights_file)
             if sha != entry["weights_sha256"]:
                 raise EnsembleError(
                     f"{folder / FILE}: member {entry['path']}: {contract.WEIGHTS} has sha256 "
                     f"{sha[:12]}..., not the {entry['weights_sha256'][:12]}... the ensemble was "
                     f"built and thresholded with; rebuild it with 'pneumoscan ensemble'")
-            members.append(torch_predictor(*weights.load(member), bf16=bf16, tta=tta))
+            members.append(torch_predictor(*load_weights(member), bf16=bf16, tta=tta))
         _check_members([m.ckpt for m in members], [e["path"] for e in entries])
         return cls(members, _ensemble_checkpoint(members, meta, folder.resolve()), bf16, tta)
 
