@@ -66,8 +66,12 @@ from pneumoscan.cli import main
 import sys
 sys.exit(main(sys.argv[1:]))
 """
-    for argv in (["train", "epochs=1"], ["calibrate"], ["explain", str(EXAMPLES),
-                                                         "--method", "occlusion"]):
+    run = tmp_path / "run"  # calibrate rewrites a run of yours, never a shipped model
+    run.mkdir()
+    for f in contract.default_model_dir().iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    for argv in (["train", "epochs=1"], ["calibrate", "--model", str(run)],
+                 ["explain", str(EXAMPLES), "--method", "occlusion"]):
         out = _run(code.replace("sys.argv[1:]", repr(argv)), tmp_path, block_torch=True)
         assert out.returncode == 2, out.stderr[-2000:]
         lines = out.stderr.strip().splitlines()
