@@ -30,7 +30,6 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__
 from ..core import contract
-from ..core.decisions import ood_flag
 from ..explain.cam import heatmap_rgba
 from ..explain.explainer import Explainer
 from ..inference.predictor import Predictor
@@ -125,17 +124,16 @@ class Service:
         self._decoders.shutdown(wait=True)
 
     def result(self, row: np.ndarray) -> dict:
-        probability, score = float(row[0]), float(row[1])
+        """The REST form of one scored image: the Prediction `pneumoscan predict` builds from
+        the same scores (Predictor.prediction), with the threshold, model and gate beside it."""
+        p = self.predictor.prediction("", row[0], row[2:], row[1])
         gate = self.ckpt.ood_gate
-        flagged = None if np.isnan(score) else ood_flag(score, self.ckpt)
         warnings = ["out of distribution: this image does not look like the chest X-rays the "
-                    "model was trained on; the probability is unreliable"] if flagged else []
-        classes = row[2:]
-        return {"probability": probability, "label": self.predictor.label_of(probability),
-                "class_probabilities": dict(zip(self.ckpt.labels, map(float, classes))),
-                "etiology": self.predictor.etiology_of(classes),
+                    "model was trained on; the probability is unreliable"] if p.ood else []
+        return {"probability": p.probability, "label": p.label,
+                "class_probabilities": p.class_probabilities, "etiology": p.etiology,
                 "threshold": self.predictor.threshold, "model": self.model_info,
-                "ood": {"flagged": flagged, "score": None if np.isnan(score) else score,
+                "ood": {"flagged": p.ood, "score": p.ood_score,
                         "threshold": gate["threshold"] if gate else None},
                 "warnings": warnings}
 
