@@ -133,8 +133,8 @@ class Explainer:
             return e
         height, width = e.image.shape
         e.heatmap = resize_map(heatmap, width, height)
-        e.probability = float(probability)
-        e.label = self.predictor.label_of(probability)
-        e.class_probabilities = dict(zip(self.ckpt.labels, map(float, class_probs)))
-        e.etiology = self.predictor.etiology_of(class_probs)
+        # The same Prediction predict prints (explain computes no OOD score).
+        p = self.predictor.prediction(path, probability, class_probs, float("nan"))
+        e.probability, e.label = p.probability, p.label
+        e.class_probabilities, e.etiology = p.class_probabilities, p.etiology
         return e
