@@ -3,7 +3,7 @@
 Each member's logits on each split and TTA view are computed once and cached (a .npy per
 member/split/view under --cache), so the figures of members, ensembles and TTA come from the
 same forward passes; the arithmetic is the library's (predict.probabilities_from_logits, the
-mean of member probabilities as EnsemblePredictor, metrics.headline_metrics at the stored
+mean of member probabilities as the ensemble backend, metrics.headline_metrics at the stored
 thresholds). Nothing is chosen here: thresholds come from model.json / ensemble.json.
 
     python benchmarks/ensemble_tta.py --data $PNEUMOSCAN_DATA --cache /tmp/ens-cache \

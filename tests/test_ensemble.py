@@ -17,7 +17,7 @@ from pneumoscan.explain.explainer import Explainer
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_logits
 from pneumoscan.models import weights as checkpoint
-from pneumoscan.training.ensemble import EnsembleError, EnsemblePredictor, build, parse_seeds
+from pneumoscan.training.ensemble import EnsembleBackend, EnsembleError, build, parse_seeds
 from pneumoscan.workflows.evaluate import evaluate
 
 
@@ -48,7 +48,7 @@ def test_train_seeds_writes_members_on_one_split_and_the_ensemble(tiny_seeds):
 def test_ensemble_averages_member_class_probabilities(tiny_seeds, small_data):
     paths, images = _test_images(small_data)
     ens = load_torch(tiny_seeds / "ensemble")
-    assert isinstance(ens, EnsemblePredictor) and len(ens.members) == 2
+    assert isinstance(ens.backend, EnsembleBackend) and len(ens.backend.members) == 2
     members = [checkpoint.load(tiny_seeds / f"seed-{s}") for s in (0, 1)]
     per_member = [class_probabilities(predict_logits(m, c, images), c) for m, c in members]
     expected = np.mean(per_member, axis=0)

@@ -21,7 +21,7 @@ def cmd_predict(args) -> int:
         return USAGE_ERROR
     predictor = make_predictor(args.model, args.runtime, paths, args.onnx, bf16=args.bf16,
                                allow_pickle=args.allow_pickle, tta=args.tta)
-    if (args.explain or args.dicom_out) and predictor.backend is None:
+    if (args.explain or args.dicom_out) and not predictor.explainable:
         print("pneumoscan predict: --explain and --dicom-out need one model (not an "
               "ensemble); explain a member run instead", file=sys.stderr)
         return USAGE_ERROR

@@ -46,7 +46,7 @@ class Explainer:
         """The model at `path` (None: the shipped one) on `runtime` ('torch': gradients and
         occlusion; 'auto': the ONNX graph where there is one)."""
         p = make_predictor(path, runtime)  # the same model set-up as prediction
-        if p.backend is None:
+        if not p.explainable:
             raise CheckpointError(
                 f"{path}: an ensemble has no single Grad-CAM target layer; explain one of "
                 f"its member runs instead")

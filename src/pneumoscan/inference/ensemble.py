@@ -64,69 +64,61 @@ def _ensemble_checkpoint(members: list[Predictor], meta: dict, folder: Path) -> 
                       meta.get("val_metrics", {}), dict(first.config), extra)
 
 
-class EnsemblePredictor(Predictor):
-    """Several members behind the Predictor interface: probabilities, scores, predict,
-    threshold and label_of work as for one model. No Grad-CAM or OOD gate (model is None).
+class EnsembleBackend:
+    """Several members' predictors behind one backend that scores by itself: the mean of
+    their (N,) pneumonia probabilities and of their (N, K) calibrated class probabilities.
+    No Grad-CAM or OOD gate (model is None, no forward)."""
 
-    Examples:
-        >>> p = Predictor.from_checkpoint("runs/seeds/ensemble")  # any --model accepts it
-        >>> p.predict(["examples/NORMAL/NORMAL2-IM-1427-0001.jpeg"])[0].label  # doctest: +SKIP
-        'NORMAL'
-    """
+    name = "torch"
+    model = None
 
-    runtime = "torch"
-
-    def __init__(self, members: list[Predictor], ckpt: Checkpoint, bf16: bool = False,
-                 tta: bool = False):
-        super().__init__(None, ckpt, tta)  # no backend of its own: the members hold theirs
-        self.members, self.bf16 = members, bf16
-
-    @classmethod
-    def from_folder(cls, path: str | Path, bf16: bool = False,
-                    tta: bool = False) -> EnsemblePredictor:
-        """Load ensemble.json and its members; `tta` adds test-time augmentation to an
-        ensemble built without it (the stored threshold was then chosen without it)."""
-        folder = _folder(path)
-        try:
-            meta = json.loads((folder / FILE).read_text())
-            if meta.get("format") != FORMAT:
-                raise EnsembleError(f"{folder / FILE}: unknown format {meta.get('format')!r}")
-            entries = meta["members"]
-            float(meta["threshold"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            if isinstance(e, EnsembleError):
-                raise
-            raise EnsembleError(f"{folder / FILE}: malformed ensemble file ({e})") from None
-        tta = tta or bool(meta.get("tta", False))
-        members = []
-        for entry in entries:
-            member = folder / entry["path"]
-            weights_file = member / contract.WEIGHTS
-            if not weights_file.is_file():
-                raise EnsembleError(f"{folder / FILE}: member {entry['path']}: no "
-                                    f"{contract.WEIGHTS} at {member}")
-            sha = contract.file_sha256(weights_file)
-            if sha != entry["weights_sha256"]:
-                raise EnsembleError(
-                    f"{folder / FILE}: member {entry['path']}: {contract.WEIGHTS} has sha256 "
-                    f"{sha[:12]}..., not the {entry['weights_sha256'][:12]}... the ensemble was "
-                    f"built and thresholded with; rebuild it with 'pneumoscan ensemble'")
-            members.append(torch_predictor(*load_weights(member), bf16=bf16, tta=tta))
-        _check_members([m.ckpt for m in members], [e["path"] for e in entries])
-        return cls(members, _ensemble_checkpoint(members, meta, folder.resolve()), bf16, tta)
-
-    def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(N, S, S) uint8 -> (N,) mean of the members' pneumonia probabilities."""
-        return np.mean([m.probabilities(images, batch_size) for m in self.members], axis=0)
+    def __init__(self, members: list[Predictor]):
+        self.members = members
 
     def class_scores(self, images: np.ndarray, batch_size: int = 32
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, S, S) uint8 -> the mean of the members' (N,) pneumonia probabilities and of
-        their (N, K) calibrated class probabilities; NaN OOD scores (no gate)."""
+        """(N, S, S) uint8 -> mean pneumonia and class probabilities; NaN OOD scores."""
         parts = [m.class_scores(images, batch_size) for m in self.members]
         probs = np.mean([p[0] for p in parts], axis=0)
         return probs, np.mean([p[1] for p in parts], axis=0), np.full(len(probs), np.nan)
 
-    def class_probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(N, S, S) uint8 -> (N, K) mean of the members' calibrated class probabilities."""
-        return self.class_scores(images, batch_size)[1]
+
+def load_ensemble(path: str | Path, bf16: bool = False, tta: bool = False) -> Predictor:
+    """A Predictor holding the EnsembleBackend of ensemble.json's members; `tta` adds
+    test-time augmentation to an ensemble built without it (the stored threshold was then
+    chosen without it).
+
+    Examples:
+        >>> p = load_ensemble("runs/seeds/ensemble")  # any --model accepts the folder
+        >>> p.predict(["examples/NORMAL/NORMAL2-IM-1427-0001.jpeg"])[0].label  # doctest: +SKIP
+        'NORMAL'
+    """
+    folder = _folder(path)
+    try:
+        meta = json.loads((folder / FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise EnsembleError(f"{folder / FILE}: unknown format {meta.get('format')!r}")
+        entries = meta["members"]
+        float(meta["threshold"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, EnsembleError):
+            raise
+        raise EnsembleError(f"{folder / FILE}: malformed ensemble file ({e})") from None
+    tta = tta or bool(meta.get("tta", False))
+    members = []
+    for entry in entries:
+        member = folder / entry["path"]
+        weights_file = member / contract.WEIGHTS
+        if not weights_file.is_file():
+            raise EnsembleError(f"{folder / FILE}: member {entry['path']}: no "
+                                f"{contract.WEIGHTS} at {member}")
+        sha = contract.file_sha256(weights_file)
+        if sha != entry["weights_sha256"]:
+            raise EnsembleError(
+                f"{folder / FILE}: member {entry['path']}: {contract.WEIGHTS} has sha256 "
+                f"{sha[:12]}..., not the {entry['weights_sha256'][:12]}... the ensemble was "
+                f"built and thresholded with; rebuild it with 'pneumoscan ensemble'")
+        members.append(torch_predictor(*load_weights(member), bf16=bf16, tta=tta))
+    _check_members([m.ckpt for m in members], [e["path"] for e in entries])
+    return Predictor(EnsembleBackend(members),
+                     _ensemble_checkpoint(members, meta, folder.resolve()), tta=tta)

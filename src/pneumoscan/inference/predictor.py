@@ -85,6 +85,11 @@ class Predictor:
         return getattr(self.backend, "model", None)
 
     @property
+    def explainable(self) -> bool:
+        """One network whose forward pass gives Grad-CAM features (not an ensemble)."""
+        return hasattr(self.backend, "forward")
+
+    @property
     def runtime(self) -> str:
         return self.backend.name
 
@@ -121,6 +126,8 @@ class Predictor:
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, S, S) uint8 -> (N,) pneumonia probabilities (with tta: averaged over
         tta.VIEWS)."""
+        if not self.explainable:  # an ensemble scores itself
+            return self.class_scores(images, batch_size)[0]
         views = [self.logits(images, batch_size)]
         if self.tta:
             views += self._view_logits(images, batch_size)
@@ -137,6 +144,8 @@ class Predictor:
         """(N, S, S) uint8 -> (N,) pneumonia probabilities, (N, K) class probabilities in
         ckpt.labels order and (N,) OOD scores, from one forward pass (with tta: the OOD
         pass is the identity view, the other tta.VIEWS are averaged in)."""
+        if not self.explainable:  # a backend that averages members scores itself
+            return self.backend.class_scores(images, batch_size)
         logits, ood = self.logits_and_ood(images, batch_size)
         views = [logits]
         if self.tta:
@@ -145,6 +154,10 @@ class Predictor:
                         axis=0),
                 np.mean([decisions.class_probabilities(z, self.ckpt) for z in views], axis=0),
                 ood)
+
+    def class_probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(N, S, S) uint8 -> (N, K) calibrated class probabilities in ckpt.labels order."""
+        return self.class_scores(images, batch_size)[1]
 
     def predict(self, paths: list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per path, in order; an unreadable file gets `error` and no score."""

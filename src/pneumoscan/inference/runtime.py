@@ -107,10 +107,10 @@ def make_predictor(model_path: str | Path | None = None, runtime: str = "auto",
             raise ExportError("--runtime onnx: test-time augmentation and ensembles run on "
                               "the torch runtime only")
         _torch_runtime("test-time augmentation or an ensemble")
-        from .ensemble import EnsemblePredictor
+        from .ensemble import load_ensemble
 
         if contract.is_ensemble(model_path):
-            return EnsemblePredictor.from_folder(model_path, bf16=bf16, tta=tta)
+            return load_ensemble(model_path, bf16=bf16, tta=tta)
     elif onnx_file is not None and runtime != "torch":
         return Predictor(*OnnxBackend.from_file(onnx_file))
     pickled = model_path is not None and Path(model_path).suffix.lower() in (

@@ -140,7 +140,7 @@ class Service:
     async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
         image = await self.decode(data, name)
         out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
-        explain = explain and self.predictor.backend is not None  # no Grad-CAM of an ensemble
+        explain = explain and self.predictor.explainable  # no Grad-CAM of an ensemble
         out["heatmap_png"] = await asyncio.to_thread(self.heatmap, image) if explain else None
         return out
 

@@ -25,9 +25,10 @@ from ..evaluation.metrics import binary_metrics, threshold_for_sensitivity
 from ..inference.ensemble import (  # noqa: F401 (their names, for ensemble's users)
     FILE,
     FORMAT,
+    EnsembleBackend,
     EnsembleError,
-    EnsemblePredictor,
     _check_members,
+    load_ensemble,
 )
 from ..inference.torch_backend import torch_predictor
 from ..models import weights as checkpoint
