@@ -16,12 +16,14 @@ import os
 import numpy as np
 from gap_cache import load_cache
 
-from pneumoscan import adapt, checkpoint
-from pneumoscan.config import config_from_dict
+from pneumoscan.core.config import config_from_dict
+from pneumoscan.core.decisions import probabilities_from_logits
 from pneumoscan.data import scan, select
-from pneumoscan.metrics import headline_metrics
-from pneumoscan.predict import predict_arrays, probabilities_from_logits
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import headline_metrics
+from pneumoscan.inference.torch_backend import predict_arrays
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.workflows import adapt
 
 
 def row(name: str, y, p, thr: float, extra: str = "") -> None:

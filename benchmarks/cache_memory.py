@@ -41,9 +41,8 @@ def child(mode: str, manifest: str, cache_dir: str, size: int, repeats: int) -> 
     import torch
     from torch.utils.data import DataLoader
 
-    from pneumoscan import cache
-    from pneumoscan.data import load_records, split_train_val
-    from pneumoscan.train import ImageSet
+    from pneumoscan.data import cache, load_records, split_train_val
+    from pneumoscan.training.train import ImageSet
 
     before = _status("VmRSS")
     t = time.perf_counter()

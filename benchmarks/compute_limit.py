@@ -22,12 +22,12 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from pneumoscan import checkpoint
-from pneumoscan.bench import machine, median_time
 from pneumoscan.data import default_data_dir
-from pneumoscan.export import export_model
-from pneumoscan.predict import expand_inputs
-from pneumoscan.transforms import load_gray, load_many
+from pneumoscan.data.decode import load_gray, load_many
+from pneumoscan.inference.export import export_model
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.workflows.bench import machine, median_time
 
 
 def cpu_seconds(fn, repeats: int = 3) -> float:

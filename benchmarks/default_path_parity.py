@@ -17,9 +17,9 @@ import json
 import numpy as np
 
 from pneumoscan.data import default_data_dir, scan, select
-from pneumoscan.metrics import auroc
-from pneumoscan.predict import expand_inputs
-from pneumoscan.runtime import make_predictor
+from pneumoscan.evaluation.metrics import auroc
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.inference.runtime import make_predictor
 
 
 def compare(model: str | None, paths: list[str], targets: list[int] | None) -> dict:

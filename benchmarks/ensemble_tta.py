@@ -3,7 +3,7 @@
 Each member's logits on each split and TTA view are computed once and cached (a .npy per
 member/split/view under --cache), so the figures of members, ensembles and TTA come from the
 same forward passes; the arithmetic is the library's (predict.probabilities_from_logits, the
-mean of member probabilities as EnsemblePredictor, metrics.headline_metrics at the stored
+mean of member probabilities as the ensemble backend, metrics.headline_metrics at the stored
 thresholds). Nothing is chosen here: thresholds come from model.json / ensemble.json.
 
     python benchmarks/ensemble_tta.py --data $PNEUMOSCAN_DATA --cache /tmp/ens-cache \
@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan import checkpoint, tta
-from pneumoscan.config import config_from_dict
+from pneumoscan.core.config import config_from_dict
+from pneumoscan.core.decisions import probabilities_from_logits
 from pneumoscan.data import load_records, select
-from pneumoscan.export import onnx_logits
-from pneumoscan.metrics import headline_metrics
-from pneumoscan.predict import predict_logits, probabilities_from_logits
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import headline_metrics
+from pneumoscan.inference import tta
+from pneumoscan.inference.export import onnx_logits
+from pneumoscan.inference.torch_backend import predict_logits
+from pneumoscan.models import weights as checkpoint
 
 
 def member_logits(folder: Path, records_all, split: str, views, cache: Path,

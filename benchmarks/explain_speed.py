@@ -23,9 +23,12 @@ import time
 import torch
 
 from pneumoscan.data import default_data_dir
-from pneumoscan.explain import Explainer, OcclusionSettings, gradcam, occlusion
-from pneumoscan.predict import expand_inputs, predict_arrays
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.explain.explainer import Explainer
+from pneumoscan.explain.gradients import gradcam, occlusion
+from pneumoscan.explain.spec import OcclusionSettings
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.inference.torch_backend import predict_arrays
 
 
 def per_image(fn, images, repeats: int) -> tuple[float, float]:

@@ -24,11 +24,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from pneumoscan import checkpoint, ood
-from pneumoscan.config import config_from_dict
+from pneumoscan.core.config import config_from_dict
+from pneumoscan.core.preprocessing import Preprocessing
 from pneumoscan.data import scan, split_train_val
-from pneumoscan.models import create_model
-from pneumoscan.transforms import Preprocessing, load_many, to_model_input
+from pneumoscan.data.decode import load_many
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.models.registry import create_model
+from pneumoscan.models.transforms import to_model_input
+from pneumoscan.training import ood
 
 CACHE = Path(os.environ.get("GAP_CACHE", Path.home() / ".cache" / "pneumoscan-gap"))
 LAYERS = {"b4": lambda m: m.blocks[4], "b5": lambda m: m.blocks[5], "bn2": lambda m: m.bn2}

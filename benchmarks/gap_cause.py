@@ -24,7 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pneumoscan.data import parse_name, scan, split_train_val
-from pneumoscan.metrics import auroc
+from pneumoscan.evaluation.metrics import auroc
 
 STATS = ("mean", "std", "p01", "p99", "border", "border_lr", "border_tb", "black",
          "white", "corner_white", "sharp", "body_width", "lung_dark", "file_kb")

@@ -35,7 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from pneumoscan.data import scan, split_train_val
-from pneumoscan.metrics import auroc
+from pneumoscan.evaluation.metrics import auroc
 
 FRACTION = 0.1
 SENS = 0.98

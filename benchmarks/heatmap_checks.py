@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from pneumoscan.config import config_from_dict
+from pneumoscan.core.config import config_from_dict
 from pneumoscan.data import default_data_dir, scan, select
-from pneumoscan.explain import Explainer, blank_pixels
-from pneumoscan.models import create_model
-from pneumoscan.predict import predict_arrays
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.explain.explainer import Explainer
+from pneumoscan.explain.gradients import blank_pixels
+from pneumoscan.inference.torch_backend import predict_arrays
+from pneumoscan.models.registry import create_model
 
 BOX = (0.15, 0.85, 0.10, 0.90)  # x0, x1, y0, y1 as fractions of width and height
 

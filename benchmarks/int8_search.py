@@ -26,13 +26,13 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from pneumoscan import checkpoint
-from pneumoscan.config import config_from_dict
+from pneumoscan.core.config import config_from_dict
+from pneumoscan.core.decisions import probabilities_from_logits
 from pneumoscan.data import default_data_dir, scan, select
-from pneumoscan.export import export_model, onnx_logits
-from pneumoscan.metrics import auroc
-from pneumoscan.predict import probabilities_from_logits
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import auroc
+from pneumoscan.inference.export import export_model, onnx_logits
+from pneumoscan.models import weights as checkpoint
 
 MINMAX, ENTROPY, PERCENTILE = (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
                                CalibrationMethod.Percentile)

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.data import default_data_dir, scan, select
-from pneumoscan.predict import Predictor
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.inference.runtime import load_torch
 
 PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "chessboard", "clock", "coffee",
           "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",
@@ -84,7 +85,7 @@ def main() -> None:
     ap.add_argument("--data", default=None)
     args = ap.parse_args()
     data = args.data or default_data_dir()
-    predictor = Predictor.from_checkpoint(args.model)
+    predictor = load_torch(args.model)
     gate = predictor.ckpt.extra.get("ood")
     if gate is None:
         raise SystemExit("this model has no OOD gate: run 'pneumoscan fit-ood' first")

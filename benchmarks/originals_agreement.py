@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from pneumoscan.runtime import make_predictor
-from pneumoscan.shift import find_originals, originals_agreement
+from pneumoscan.inference.runtime import make_predictor
+from pneumoscan.workflows.shift import find_originals, originals_agreement
 
 
 def main() -> None:

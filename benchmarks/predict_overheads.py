@@ -17,12 +17,12 @@ import time
 
 from threadpoolctl import threadpool_limits
 
-from pneumoscan import ood
 from pneumoscan.data import default_data_dir
-from pneumoscan.export import onnx_outputs
-from pneumoscan.predict import expand_inputs
-from pneumoscan.runtime import make_predictor
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.inference.export import onnx_outputs
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.inference.runtime import make_predictor
+from pneumoscan.training import ood
 
 
 def per_batch_ms(session, images, after, runs: int = 10) -> float:

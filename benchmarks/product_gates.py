@@ -19,9 +19,10 @@ import sys
 import numpy as np
 
 from pneumoscan.data import load_records
-from pneumoscan.evaluate import split_images
-from pneumoscan.explain import Explainer, blank_pixels
-from pneumoscan.predict import predict_arrays
+from pneumoscan.explain.explainer import Explainer
+from pneumoscan.explain.gradients import blank_pixels
+from pneumoscan.inference.torch_backend import predict_arrays
+from pneumoscan.workflows.evaluate import split_images
 
 
 def gates(run: str, data_dir: str) -> dict:

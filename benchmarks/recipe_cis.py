@@ -16,16 +16,16 @@ import sys
 import numpy as np
 
 from pneumoscan.data import default_data_dir, load_records
-from pneumoscan.evaluate import split_images
-from pneumoscan.metrics import bootstrap_ci
-from pneumoscan.predict import Predictor
+from pneumoscan.evaluation.metrics import bootstrap_ci
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.workflows.evaluate import split_images
 
 
 def main(runs: list[str], split: str = "test") -> None:
     data = default_data_dir()
     records_all = load_records(data)
     for run in runs:
-        predictor = Predictor.from_checkpoint(run)
+        predictor = load_torch(run)
         records, images, ok, _ = split_images(records_all, predictor.ckpt, split, data)
         y = np.array([records[i].target for i in ok])
         groups = np.array([records[i].patient for i in ok])

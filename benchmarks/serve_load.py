@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from pneumoscan.data import default_data_dir
-from pneumoscan.runtime import make_predictor
+from pneumoscan.inference.runtime import make_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,9 @@ import os
 import numpy as np
 
 from pneumoscan.data import load_records, select
-from pneumoscan.metrics import binary_metrics
-from pneumoscan.runtime import make_predictor
-from pneumoscan.site import site_threshold
+from pneumoscan.evaluation.metrics import binary_metrics
+from pneumoscan.inference.runtime import make_predictor
+from pneumoscan.workflows.site import site_threshold
 
 
 def main() -> None:

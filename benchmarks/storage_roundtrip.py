@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pneumoscan.runtime import make_predictor
-from pneumoscan.transforms import _to_gray8, load_gray, store_as_jpeg
+from pneumoscan.data.decode import _to_gray8, load_gray, store_as_jpeg
+from pneumoscan.inference.runtime import make_predictor
 
 
 def decode(path: Path, quality: int, draft: bool) -> np.ndarray:

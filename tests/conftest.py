@@ -75,8 +75,8 @@ def small_data_with_bad_file(small_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(small_data_with_bad_file, tmp_path_factory):
     """A one-epoch fit on ~48 real images at 64 px, with one unreadable training image."""
-    from pneumoscan.config import load_config
-    from pneumoscan.train import fit
+    from pneumoscan.core.config import load_config
+    from pneumoscan.training.train import fit
 
     cfg = load_config(None, ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2",
                              "precision=32-true"])
@@ -87,8 +87,8 @@ def tiny_run(small_data_with_bad_file, tmp_path_factory):
 def etiology_run(small_data, tmp_path_factory):
     """The three-class (NORMAL / BACTERIAL / VIRAL) counterpart of tiny_run: one epoch at
     64 px on small_data (task=etiology)."""
-    from pneumoscan.config import load_config
-    from pneumoscan.train import fit
+    from pneumoscan.core.config import load_config
+    from pneumoscan.training.train import fit
 
     cfg = load_config(None, ["image_size=64", "epochs=1", "batch_size=8", "val_fraction=0.2",
                              "precision=32-true", "task=etiology"])

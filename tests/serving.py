@@ -58,12 +58,12 @@ def running_server(log_path: Path, *extra: str, timeout: float = 90.0):
 
 
 def predict_cli_json(path: str) -> dict:
-    """`pneumoscan predict --runtime torch --format json PATH`, parsed (the server runs torch,
-    so the two must agree to float precision; the ONNX default agrees within 1e-3)."""
+    """`pneumoscan predict --format json PATH`, parsed (the server runs the same shipped ONNX
+    graph by default, so the two must agree to float precision)."""
     import json
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    out = subprocess.run([sys.executable, "-m", "pneumoscan.cli", "predict", "--runtime", "torch",
-                          "--format", "json", path],
+    out = subprocess.run([sys.executable, "-m", "pneumoscan.cli", "predict", "--format", "json",
+                          path],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan import adapt, checkpoint
 from pneumoscan.cli import main
-from pneumoscan.metrics import auroc
-from pneumoscan.predict import predict_arrays
-from pneumoscan.transforms import load_many
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import auroc
+from pneumoscan.inference.torch_backend import predict_arrays
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.workflows import adapt
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pneumoscan.audit import audit, format_table
 from pneumoscan.data import DatasetNotFound, find_root
+from pneumoscan.data.audit import audit, format_table
 
 PER_FOLDER = 4
 FOLDERS = {"train": "train", "val": "val-official", "test": "test"}

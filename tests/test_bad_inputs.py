@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pneumoscan import cli
-from pneumoscan.config import load_config
-from pneumoscan.predict import Predictor, expand_inputs
-from pneumoscan.train import fit
-from pneumoscan.transforms import MAX_PIXELS, ImageError, load_gray
+from pneumoscan.core.config import load_config
+from pneumoscan.data.decode import MAX_PIXELS, ImageError, load_gray
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.training.train import fit
 
 from .conftest import REPO
 
@@ -100,7 +101,7 @@ def catalogue(source, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor.from_checkpoint()
+    return load_torch()
 
 
 def _check(result, expect):

@@ -1,4 +1,4 @@
-from pneumoscan.bench import FMA_PIPES, machine
+from pneumoscan.workflows.bench import FMA_PIPES, machine
 
 
 def test_machine_names_the_cpu_and_states_the_peak_formula():

@@ -114,8 +114,8 @@ def test_a_split_without_images_is_a_usage_error(tiny_run, small_data, tmp_path,
 
 
 def test_evaluate_val_of_a_quick_run_uses_its_per_class_subset(small_data, tmp_path, capsys):
-    from pneumoscan.config import load_config
-    from pneumoscan.train import fit
+    from pneumoscan.core.config import load_config
+    from pneumoscan.training.train import fit
 
     cfg = load_config(None, ["image_size=48", "epochs=1", "batch_size=8", "val_fraction=0.2",
                              "model=custom-cnn", "pretrained=false", "precision=32-true",

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pneumoscan.config import ConfigError, TrainConfig, load_config
+from pneumoscan.core.config import ConfigError, TrainConfig, load_config
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

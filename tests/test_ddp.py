@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan import checkpoint
+from pneumoscan.models import weights as checkpoint
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -22,8 +22,9 @@ from pydicom.uid import (
 
 from pneumoscan import cli
 from pneumoscan.data import is_image_file, scan
-from pneumoscan.predict import Predictor, expand_inputs
-from pneumoscan.transforms import ImageError, is_dicom, load_gray
+from pneumoscan.data.decode import ImageError, is_dicom, load_gray
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.inference.runtime import load_torch
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "SECRET-4711"
 # Probability tolerances. 8-bit, windowed, VOI-LUT and lossless files decode to the identical
@@ -126,7 +127,7 @@ def sources(data_dir):
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor.from_checkpoint()
+    return load_torch()
 
 
 def test_every_variant_scores_as_its_jpeg_source(sources, predictor, tmp_path):

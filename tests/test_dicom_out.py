@@ -12,8 +12,8 @@ import pydicom
 import pytest
 
 from pneumoscan import cli
-from pneumoscan.checkpoint import load
 from pneumoscan.dicom.results import NOT_FOR_DIAGNOSIS, result_of
+from pneumoscan.models.weights import load
 
 from .conftest import EXAMPLES, REPO
 from .dicom_inputs import PATIENT_ID, PATIENT_NAME, dciodvfy_errors, radiograph, write

@@ -14,11 +14,11 @@ import pydicom
 import pytest
 
 from pneumoscan import cli
-from pneumoscan.checkpoint import load
 from pneumoscan.dicom.loop import Loop
 from pneumoscan.dicom.results import ModelIdentity, result_of
 from pneumoscan.dicom.web import DicomWebClient, Retry, Spool
-from pneumoscan.runtime import make_predictor
+from pneumoscan.inference.runtime import make_predictor
+from pneumoscan.models.weights import load
 
 from . import orthanc as orthanc_mod
 from .dicom_inputs import (

@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
-from pneumoscan.ensemble import EnsembleError, EnsemblePredictor, build, parse_seeds
-from pneumoscan.evaluate import evaluate
-from pneumoscan.explain import Explainer
-from pneumoscan.metrics import threshold_for_sensitivity
-from pneumoscan.predict import Predictor, class_probabilities, predict_logits
-from pneumoscan.transforms import load_many
+from pneumoscan.core.decisions import class_probabilities
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import threshold_for_sensitivity
+from pneumoscan.explain.explainer import Explainer
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.inference.torch_backend import predict_logits
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.training.ensemble import EnsembleBackend, EnsembleError, build, parse_seeds
+from pneumoscan.workflows.evaluate import evaluate
 
 
 def _test_images(small_data, n=12):
@@ -45,8 +47,8 @@ def test_train_seeds_writes_members_on_one_split_and_the_ensemble(tiny_seeds):
 
 def test_ensemble_averages_member_class_probabilities(tiny_seeds, small_data):
     paths, images = _test_images(small_data)
-    ens = Predictor.from_checkpoint(tiny_seeds / "ensemble")
-    assert isinstance(ens, EnsemblePredictor) and len(ens.members) == 2
+    ens = load_torch(tiny_seeds / "ensemble")
+    assert isinstance(ens.backend, EnsembleBackend) and len(ens.backend.members) == 2
     members = [checkpoint.load(tiny_seeds / f"seed-{s}") for s in (0, 1)]
     per_member = [class_probabilities(predict_logits(m, c, images), c) for m, c in members]
     expected = np.mean(per_member, axis=0)
@@ -69,7 +71,7 @@ def test_threshold_is_chosen_on_the_shared_val_split(tiny_seeds, small_data_with
         {k: stored[k] for k in ("n", "tp", "fp", "tn", "fn", "threshold")}
     assert result["sensitivity"] >= 0.98
     # the training rule (metrics.threshold_for_sensitivity) on the ensemble's val scores
-    ens = Predictor.from_checkpoint(tiny_seeds / "ensemble")
+    ens = load_torch(tiny_seeds / "ensemble")
     from pneumoscan.data import load_records, select
 
     recs = select(load_records(small_data_with_bad_file), "val", 0.2, 42)
@@ -90,7 +92,7 @@ def test_a_changed_member_is_a_clear_error(tiny_seeds, tmp_path):
     d = _copy(tiny_seeds, tmp_path)
     shutil.copy(d / "seed-0" / "model.safetensors", d / "seed-1" / "model.safetensors")
     with pytest.raises(EnsembleError, match=r"member \.\./seed-1: model.safetensors has sha256"):
-        Predictor.from_checkpoint(d / "ensemble")
+        load_torch(d / "ensemble")
 
 
 def test_members_with_other_labels_or_split_are_refused(tiny_seeds, small_data_with_bad_file,
@@ -120,7 +122,7 @@ def test_parse_seeds():
 def test_cli_predict_evaluate_serve_take_an_ensemble_folder(tiny_seeds, small_data, capsys):
     ens_dir = tiny_seeds / "ensemble"
     paths, images = _test_images(small_data, 3)
-    p = Predictor.from_checkpoint(ens_dir).probabilities(images)
+    p = load_torch(ens_dir).probabilities(images)
     assert main(["predict", *paths, "--model", str(ens_dir), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["threshold"] == json.loads((ens_dir / "ensemble.json").read_text())["threshold"]

@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
-from pneumoscan.config import ConfigError, load_config
+from pneumoscan.core.config import ConfigError, load_config
+from pneumoscan.core.decisions import class_probabilities, probabilities_from_logits, scaled_sigmoid
 from pneumoscan.data import ETIOLOGY_LABELS, class_index, load_records, split_train_val
-from pneumoscan.evaluate import evaluate
-from pneumoscan.metrics import fit_temperature_multiclass, macro_auroc, multiclass_metrics
-from pneumoscan.predict import (
-    Predictor,
-    class_probabilities,
-    predict_logits,
-    probabilities_from_logits,
-    scaled_sigmoid,
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.metrics import (
+    fit_temperature_multiclass,
+    macro_auroc,
+    multiclass_metrics,
 )
-from pneumoscan.transforms import load_many
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.inference.torch_backend import predict_logits
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.workflows.evaluate import evaluate
 
 from .conftest import EXAMPLES
 
@@ -100,7 +100,7 @@ def test_multiclass_temperature_softens_overconfident_logits():
 def test_predict_gives_class_probabilities_etiology_and_the_binary_decision(small_data,
                                                                             etiology_run):
     paths = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
-    p = Predictor.from_checkpoint(etiology_run.dir)
+    p = load_torch(etiology_run.dir)
     results = p.predict(paths + [str(small_data / "missing.jpeg")], batch_size=5)
     assert results[-1].error and results[-1].class_probabilities is None
     for r in results[:-1]:
@@ -115,7 +115,7 @@ def test_predict_gives_class_probabilities_etiology_and_the_binary_decision(smal
 
 def test_binary_predictions_are_unchanged():
     paths = sorted(str(p) for p in EXAMPLES.rglob("*.jpeg"))[:6]
-    p = Predictor.from_checkpoint()
+    p = load_torch()
     results = p.predict(paths)
     images = load_many(paths, 224, p.ckpt.preprocessing.interpolation)[0]
     expected = scaled_sigmoid(predict_logits(p.model, p.ckpt, images),
@@ -168,11 +168,10 @@ def test_cli_prints_etiology_columns_and_multiclass_metrics(small_data, etiology
 
 
 def test_shipped_etiology_model_is_selected_by_name_and_predicts_three_classes():
-    from pneumoscan.checkpoint import resolve
-    from pneumoscan.predict import Predictor
+    from pneumoscan.models.weights import resolve
 
     assert resolve("etiology").name == "etiology"
-    p = Predictor.from_checkpoint("etiology")
+    p = load_torch("etiology")
     assert p.ckpt.labels == ["NORMAL", "BACTERIAL", "VIRAL"]
     paths = sorted(str(f) for f in EXAMPLES.rglob("*.jpeg"))
     results = p.predict(paths)

@@ -9,27 +9,26 @@ import torch
 from PIL import Image, ImageOps
 from scipy.stats import spearmanr
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
-from pneumoscan.explain import (
-    Explainer,
-    OcclusionSettings,
+from pneumoscan.core.decisions import probabilities_from_logits
+from pneumoscan.core.preprocessing import Preprocessing
+from pneumoscan.data.decode import load_many
+from pneumoscan.explain.cam import cam_from_features, normalise
+from pneumoscan.explain.explainer import Explainer
+from pneumoscan.explain.gradients import (
     attribution_target,
     blank_pixels,
-    cam_from_features,
     gradcam,
-    normalise,
     occlusion,
-    save,
+    torch_explainer,
 )
-from pneumoscan.models import create_model, get_spec
-from pneumoscan.predict import (
-    Predictor,
-    predict_arrays,
-    predict_logits,
-    probabilities_from_logits,
-)
-from pneumoscan.transforms import Preprocessing, load_many, to_model_input
+from pneumoscan.explain.render import save
+from pneumoscan.explain.spec import OcclusionSettings
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.inference.torch_backend import predict_arrays, predict_logits, torch_predictor
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.models.registry import create_model, get_spec
+from pneumoscan.models.transforms import to_model_input
 
 from .conftest import EXAMPLES
 
@@ -84,7 +83,7 @@ def test_maps_on_full_size_originals_keep_their_geometry(shipped):
              EXAMPLES / "PNEUMONIA" / "person1951_bacteria_4882.jpeg",
              EXAMPLES / "PNEUMONIA" / "person1946_bacteria_4874.jpeg"]
     results = shipped.explain([str(p) for p in paths])
-    predictions = Predictor(shipped.model, shipped.ckpt).predict([str(p) for p in paths])
+    predictions = torch_predictor(shipped.model, shipped.ckpt).predict([str(p) for p in paths])
     assert len(results) == len(paths)
     for r, pred, path in zip(results, predictions, paths):
         width, height = _original_size(path)
@@ -131,7 +130,7 @@ def test_model_randomisation_changes_the_maps(shipped, detected_pneumonia):
     images, trained_maps = images[:12], trained_maps[:12]
     torch.manual_seed(0)
     random_model = create_model(shipped.ckpt.model_name, pretrained=False).eval()
-    random_maps = Explainer(random_model, shipped.ckpt).maps(images)
+    random_maps = torch_explainer(random_model, shipped.ckpt).maps(images)
     rhos = [spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(trained_maps, random_maps)]
     print(f"model randomisation: mean Spearman rho {np.mean(rhos):.3f} over {len(rhos)} images")
     assert np.isfinite(rhos).all()
@@ -179,7 +178,7 @@ def test_model_is_left_exactly_as_found(name, labels, data_dir):
     before = _model_state(model)
     maps = gradcam(model, ckpt, images)
     occ = occlusion(model, ckpt, images[:1], settings=OcclusionSettings(window=32, stride=32))
-    explained = Explainer(model, ckpt).maps(images)
+    explained = torch_explainer(model, ckpt).maps(images)
     _assert_same_state(before, _model_state(model))
     assert maps.shape[0] == 2 and occ.shape == (1, 96, 96) and explained.shape == (2, 96, 96)
     for m in (maps, occ, explained):
@@ -320,7 +319,7 @@ def test_three_class_explain_cli_shows_class_probabilities(etiology_run, small_d
     paths = [str(sorted((small_data / "test" / label).glob("*.jpeg"))[0])
              for label in ("PNEUMONIA", "NORMAL")]
     results = Explainer.from_checkpoint(etiology_run.dir).explain(paths)
-    expected = Predictor.from_checkpoint(etiology_run.dir).predict(paths)
+    expected = load_torch(etiology_run.dir).predict(paths)
     for r, e in zip(results, expected):
         assert r.label == e.label in ("NORMAL", "PNEUMONIA") and r.etiology == e.etiology
         assert r.class_probabilities == pytest.approx(e.class_probabilities, abs=1e-6)

@@ -6,9 +6,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
-from pneumoscan.export import (
+from pneumoscan.core.decisions import class_probabilities
+from pneumoscan.data.decode import load_many
+from pneumoscan.inference.export import (
     FEATURES,
     LOGIT,
     export_model,
@@ -17,10 +18,10 @@ from pneumoscan.export import (
     read_metadata,
     shape_arithmetic,
 )
-from pneumoscan.onnx_predict import OnnxPredictor
-from pneumoscan.predict import Predictor, class_probabilities
-from pneumoscan.runtime import make_predictor
-from pneumoscan.transforms import load_many
+from pneumoscan.inference.onnx import OnnxBackend
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.inference.runtime import load_torch, make_predictor
+from pneumoscan.models import weights as checkpoint
 
 from .conftest import EXAMPLES
 
@@ -71,8 +72,8 @@ def test_onnx_predictor_matches_torch_and_reports_bad_file(exported, tiny_run, s
     bad.write_bytes(b"not a jpeg")
     images = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
     paths = images[:3] + [str(bad)] + images[3:]
-    ref = Predictor.from_checkpoint(tiny_run.dir).predict(paths)
-    got = OnnxPredictor.from_onnx(out).predict(paths)
+    ref = load_torch(tiny_run.dir).predict(paths)
+    got = Predictor(*OnnxBackend.from_file(out)).predict(paths)
     assert got[3].error and "broken.jpeg" in got[3].error and got[3].probability is None
     for r, g in zip(ref[:3] + ref[4:], got[:3] + got[4:]):
         assert abs(r.probability - g.probability) < 1e-3 and r.label == g.label
@@ -94,46 +95,65 @@ def test_export_cli_shipped_model_on_real_images(tmp_path, capsys):
         assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-3
 
 
-def test_default_predict_is_cached_onnx_with_ood_scores_equal_to_torch(onnx_cache, capsys):
-    """The default runtime exports the shipped model once (parity-checked), reuses the cached
-    file, and gives torch's labels, probabilities and OOD scores on the 16 originals."""
+def test_default_predict_is_the_shipped_onnx_with_ood_scores_equal_to_torch(onnx_cache, capsys):
+    """The shipped model scores on the ONNX graph shipped beside its weights (no export, no
+    torch model) and gives torch's labels, probabilities and OOD scores on the 16 originals."""
     for f in onnx_cache.glob("*.onnx"):
         f.unlink()
     predictor = make_predictor(None, paths=[str(p) for p in sorted(EXAMPLES.rglob("*.jpeg"))])
-    assert isinstance(predictor, OnnxPredictor) and predictor.model is not None
-    (cached,) = onnx_cache.glob("*.onnx")
-    stamp = cached.stat().st_mtime_ns
+    assert predictor.runtime == "onnxruntime" and predictor.model is None
     assert main(["predict", str(EXAMPLES), "--format", "json"]) == 0
     default_rows = json.loads(capsys.readouterr().out)["predictions"]
-    assert list(onnx_cache.glob("*.onnx")) == [cached] and cached.stat().st_mtime_ns == stamp
+    assert list(onnx_cache.glob("*.onnx")) == []  # nothing exported
     assert main(["predict", str(EXAMPLES), "--runtime", "torch", "--format", "json"]) == 0
     torch_rows = json.loads(capsys.readouterr().out)["predictions"]
     assert len(default_rows) == len(torch_rows) == 16
     for a, b in zip(default_rows, torch_rows):
-        assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-3
+        assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-5
         assert a["ood"] is b["ood"] is False
-        assert abs(a["ood_score"] - b["ood_score"]) < 1e-3 * b["ood_score"]
+        assert abs(a["ood_score"] - b["ood_score"]) < 1e-4 * b["ood_score"]
 
 
-def test_default_predict_falls_back_to_torch_with_one_notice(tmp_path, monkeypatch, capsys):
+def test_default_predict_exports_a_run_once_and_reuses_the_cache(onnx_cache, tiny_run,
+                                                                  small_data, capsys):
+    """A run without model.onnx is exported once (parity-checked on the first inputs) into
+    the cache, which later calls reuse; its scores equal torch's."""
+    for f in onnx_cache.glob("*.onnx"):
+        f.unlink()
+    paths = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
+    predictor = make_predictor(tiny_run.dir, paths=paths)
+    assert predictor.runtime == "onnxruntime"
+    (cached,) = onnx_cache.glob("*.onnx")
+    stamp = cached.stat().st_mtime_ns
+    assert main(["predict", *paths, "--model", str(tiny_run.dir), "--format", "json"]) == 0
+    default_rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert list(onnx_cache.glob("*.onnx")) == [cached] and cached.stat().st_mtime_ns == stamp
+    torch_rows = [r.to_dict() for r in load_torch(tiny_run.dir).predict(paths)]
+    for a, b in zip(default_rows, torch_rows):
+        assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-3
+
+
+def test_default_predict_falls_back_to_torch_with_one_notice(tmp_path, monkeypatch, capsys,
+                                                             tiny_run, small_data):
     blocker = tmp_path / "a-file"
     blocker.write_text("the cache folder cannot be created under a file")
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(blocker / "cache"))
-    image = str(sorted(EXAMPLES.rglob("*.jpeg"))[0])
-    assert main(["predict", image, "--format", "json"]) == 0
+    image = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))[0]
+    model = ["--model", str(tiny_run.dir)]
+    assert main(["predict", image, *model, "--format", "json"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["predictions"][0]["label"] == "NORMAL"
+    assert json.loads(captured.out)["predictions"][0]["label"] in ("NORMAL", "PNEUMONIA")
     notices = [line for line in captured.err.splitlines() if "ONNX Runtime not used" in line]
     assert len(notices) == 1 and "PyTorch" in notices[0]
-    assert main(["predict", image, "--runtime", "onnx"]) == 2  # forced: an error, no fallback
+    assert main(["predict", image, *model, "--runtime", "onnx"]) == 2  # forced: no fallback
     assert "--runtime onnx" in capsys.readouterr().err
 
 
 def test_onnx_logits_stay_generic_for_k_class_models(small_data, tmp_path):
     """(N, K) logits keep their shape and go through the same probability formula as torch."""
-    from pneumoscan.models import create_model
-    from pneumoscan.predict import predict_arrays
-    from pneumoscan.transforms import Preprocessing
+    from pneumoscan.core.preprocessing import Preprocessing
+    from pneumoscan.inference.torch_backend import predict_arrays
+    from pneumoscan.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("custom-cnn", num_outputs=3).eval()
@@ -145,12 +165,13 @@ def test_onnx_logits_stay_generic_for_k_class_models(small_data, tmp_path):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits, pooled = onnx_outputs(session, images, features=True)
     assert logits.shape == (len(images), 3) and pooled.shape[0] == len(images)
-    got = OnnxPredictor(session, ckpt).probabilities(images)
+    got = Predictor(OnnxBackend(session), ckpt).probabilities(images)
     assert np.abs(got - predict_arrays(model, ckpt, images)).max() < 1e-4
 
 
 def test_gradcam_from_onnx_equals_gradcam_from_pytorch(exported, tiny_run):
-    from pneumoscan.explain import cam_from_features, gradcam
+    from pneumoscan.explain.cam import cam_from_features
+    from pneumoscan.explain.gradients import gradcam
 
     out, _, arr = exported
     model, ckpt = checkpoint.load(tiny_run.dir)
@@ -182,12 +203,12 @@ def test_three_class_export_keeps_every_class_logit(etiology_run, small_data, tm
         'logit (B, 3): class logits in the order of labels ["NORMAL", "BACTERIAL", "VIRAL"]')
     assert len(json.loads(props["pneumoscan.cam_weights"])["weight"]) == 3
 
-    onnx_p = OnnxPredictor.from_onnx(out)
+    onnx_p = Predictor(*OnnxBackend.from_file(out))
     z = onnx_p.logits(arr[:4])
     assert z.shape == (4, 3)
     np.testing.assert_array_equal(onnx_p.class_scores(arr[:4])[1],
                                   class_probabilities(z, onnx_p.ckpt))
-    ref = Predictor.from_checkpoint(etiology_run.dir).predict(paths)
+    ref = load_torch(etiology_run.dir).predict(paths)
     for r, g in zip(ref, onnx_p.predict(paths)):
         assert g.class_probabilities == pytest.approx(r.class_probabilities, abs=1e-3)
         assert g.label == r.label and g.etiology == r.etiology

@@ -13,8 +13,8 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
-from pneumoscan import checkpoint
 from pneumoscan.cli import main
+from pneumoscan.models import weights as checkpoint
 
 from .conftest import EXAMPLES
 

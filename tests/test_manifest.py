@@ -5,12 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from pneumoscan import cache
 from pneumoscan.cli import main
-from pneumoscan.config import load_config
-from pneumoscan.data import load_records, select
-from pneumoscan.manifest import ManifestError, read_manifest
-from pneumoscan.train import fit
+from pneumoscan.core.config import load_config
+from pneumoscan.data import cache, load_records, select
+from pneumoscan.data.manifest import ManifestError, read_manifest
+from pneumoscan.training.train import fit
 
 
 def _write(path, header, rows):

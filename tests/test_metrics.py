@@ -9,7 +9,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pneumoscan.metrics import (
+from pneumoscan.evaluation.metrics import (
     HEADLINE_KEYS,
     MetricError,
     auroc,

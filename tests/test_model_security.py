@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan import checkpoint, cli
-from pneumoscan.predict import Predictor
+from pneumoscan import cli
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.models import weights as checkpoint
 
 from .conftest import EXAMPLES
 
@@ -77,11 +78,11 @@ def test_allowed_pickles_of_real_weights_predict_as_safetensors(tmp_path):
     torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 4},
                folder / "lightning" / "best.ckpt")
     paths = sorted(str(p) for p in EXAMPLES.rglob("*.jpeg"))[::4]
-    ref = [r.probability for r in Predictor.from_checkpoint(None).predict(paths)]
+    ref = [r.probability for r in load_torch(None).predict(paths)]
     for path in (folder / "weights.pt", folder / "lightning" / "best.ckpt"):
         with pytest.raises(checkpoint.CheckpointError, match="allow-pickle"):
             checkpoint.load(path)
-        got = [r.probability for r in Predictor.from_checkpoint(path, allow_pickle=True)
+        got = [r.probability for r in load_torch(path, allow_pickle=True)
                .predict(paths)]
         assert np.allclose(got, ref, atol=1e-6), path
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscan.models import (
+from pneumoscan.models.registry import (
     PretrainedWeightsUnavailable,
     create_model,
     get_spec,

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan import checkpoint, cli, ood
-from pneumoscan.predict import Predictor
+from pneumoscan import cli
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.training import ood
 
 
 def foreign_pngs(folder: Path) -> list[Path]:
@@ -31,7 +33,7 @@ def foreign_pngs(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def shipped():
-    return Predictor.from_checkpoint()
+    return load_torch()
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,8 @@ def test_shipped_model_flags_foreign_images_and_passes_real_xrays(shipped, test_
 
 
 def test_gate_does_not_change_probabilities(shipped, test_xrays):
-    from pneumoscan.predict import predict_arrays
-    from pneumoscan.transforms import load_many
+    from pneumoscan.data.decode import load_many
+    from pneumoscan.inference.torch_backend import predict_arrays
 
     images = load_many(test_xrays, 224)[0]
     probs, scores = shipped.scores(images)
@@ -74,7 +76,7 @@ def test_cli_predict_has_ood_columns_and_warns(tmp_path, capsys, test_xrays):
 
 
 def test_new_run_gets_a_gate_from_its_own_split(tiny_run, small_data):
-    run = Predictor.from_checkpoint(tiny_run.dir)
+    run = load_torch(tiny_run.dir)
     gate = run.ckpt.extra["ood"]
     assert (tiny_run.dir / checkpoint.OOD).is_file()
     assert gate["n_train"] + gate["n_val"] == 48  # 49 train-folder files, one unreadable
@@ -91,8 +93,8 @@ def test_checkpoint_without_gate_still_predicts(tiny_run, small_data, tmp_path):
     (old / checkpoint.META).write_text(json.dumps(meta))
     (old / checkpoint.OOD).unlink()
     tests = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))[:4]
-    before = Predictor.from_checkpoint(tiny_run.dir).predict(tests)
-    after = Predictor.from_checkpoint(old).predict(tests)
+    before = load_torch(tiny_run.dir).predict(tests)
+    after = load_torch(old).predict(tests)
     assert all(r.ood is None and r.ood_score is None for r in after)
     assert [r.probability for r in after] == [r.probability for r in before]
 
@@ -108,9 +110,9 @@ def test_fit_ood_never_reads_test_and_matches_training(tiny_run, small_data_with
         Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(p, "JPEG")
     run = tmp_path / "run"
     shutil.copytree(tiny_run.dir, run)
-    trained = Predictor.from_checkpoint(run).ckpt
+    trained = load_torch(run).ckpt
     assert cli.main(["fit-ood", "--model", str(run), "--data", str(data)]) == 0
-    refit = Predictor.from_checkpoint(run).ckpt
+    refit = load_torch(run).ckpt
     assert refit.extra["ood"]["n_train"] == trained.extra["ood"]["n_train"]
     assert refit.extra["ood"]["threshold"] == pytest.approx(trained.extra["ood"]["threshold"],
                                                              rel=1e-4)
@@ -152,7 +154,7 @@ def test_model_json_without_its_gate_file_warns_and_predicts(tiny_run, test_xray
     shutil.copytree(tiny_run.dir, run)
     (run / checkpoint.OOD).unlink()
     with pytest.warns(UserWarning, match="ood.safetensors is missing"):
-        p = Predictor.from_checkpoint(run)
+        p = load_torch(run)
     assert p.predict(test_xrays[:1])[0].ood is None
     (run / checkpoint.OOD).write_bytes(b"not safetensors")
     with pytest.raises(checkpoint.CheckpointError, match="unreadable OOD statistics"):

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan import checkpoint
-from pneumoscan.predict import Predictor, expand_inputs
+from pneumoscan.inference.predictor import expand_inputs
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.models import weights as checkpoint
 
 from .conftest import EXAMPLES
 
@@ -17,7 +18,7 @@ def test_predict_scores_real_images_and_reports_the_bad_one(tiny_run, small_data
     bad = tmp_path / "broken.jpeg"
     bad.write_bytes(b"not a jpeg")
     images = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))[:5]
-    p = Predictor.from_checkpoint(tiny_run.dir)
+    p = load_torch(tiny_run.dir)
     results = p.predict(images[:2] + [str(bad)] + images[2:], batch_size=2)
     assert [r.path for r in results] == images[:2] + [str(bad)] + images[2:]
     assert results[2].error and "broken.jpeg" in results[2].error
@@ -29,7 +30,7 @@ def test_predict_scores_real_images_and_reports_the_bad_one(tiny_run, small_data
 
 def test_batching_does_not_change_scores(tiny_run, small_data):
     images = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
-    p = Predictor.from_checkpoint(tiny_run.dir)
+    p = load_torch(tiny_run.dir)
     one = [r.probability for r in p.predict(images, batch_size=1)]
     many = [r.probability for r in p.predict(images, batch_size=8)]
     assert max(abs(a - b) for a, b in zip(one, many)) < 1e-5
@@ -57,7 +58,7 @@ def test_shipped_model_contract():
 def test_shipped_model_on_the_full_size_examples():
     paths = sorted(str(p) for p in EXAMPLES.rglob("*.jpeg"))
     assert len(paths) == 16
-    results = Predictor.from_checkpoint().predict(paths)
+    results = load_torch().predict(paths)
     truth = [Path(r.path).parent.name for r in results]
     correct = sum(r.label == t for r, t in zip(results, truth))
     pneumonia_hits = sum(r.label == t == "PNEUMONIA" for r, t in zip(results, truth))
@@ -67,7 +68,7 @@ def test_shipped_model_on_the_full_size_examples():
 
 def test_bf16_option_stays_close_to_fp32(tiny_run, small_data):
     images = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
-    ref = Predictor.from_checkpoint(tiny_run.dir).predict(images, batch_size=4)
-    fast = Predictor.from_checkpoint(tiny_run.dir, bf16=True).predict(images, batch_size=4)
+    ref = load_torch(tiny_run.dir).predict(images, batch_size=4)
+    fast = load_torch(tiny_run.dir, bf16=True).predict(images, batch_size=4)
     assert [r.path for r in fast] == images
     assert max(abs(a.probability - b.probability) for a, b in zip(ref, fast)) < 0.05

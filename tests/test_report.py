@@ -6,13 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan import checkpoint
-from pneumoscan.calibration import calibrate, predict_logits, probabilities, score_records
 from pneumoscan.cli import main
-from pneumoscan.config import config_from_dict
+from pneumoscan.core.config import config_from_dict
 from pneumoscan.data import scan, select
-from pneumoscan.evaluate import evaluate
-from pneumoscan.metrics import (
+from pneumoscan.data.decode import load_many
+from pneumoscan.evaluation.calibration import (
+    calibrate,
+    predict_logits,
+    probabilities,
+    score_records,
+)
+from pneumoscan.evaluation.metrics import (
     MULTICLASS_CI_KEYS,
     map_threshold,
     multiclass_bootstrap_ci,
@@ -20,9 +24,10 @@ from pneumoscan.metrics import (
     operating_points,
     weighted_multiclass,
 )
-from pneumoscan.model_card import write_model_card
-from pneumoscan.predict import predict_arrays
-from pneumoscan.transforms import load_many
+from pneumoscan.evaluation.model_card import write_model_card
+from pneumoscan.inference.torch_backend import predict_arrays
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.workflows.evaluate import evaluate
 
 SECTIONS = ("headline", "operating-points", "curves", "calibration", "errors", "provenance")
 COUNTS = ("tp", "fp", "tn", "fn")
@@ -235,7 +240,7 @@ def test_manifest_hash_is_the_same_through_a_relative_data_path(small_data):
     import os
 
     from pneumoscan.data import load_records
-    from pneumoscan.report import manifest_sha256
+    from pneumoscan.evaluation.report import manifest_sha256
 
     relative = os.path.relpath(small_data)
     assert not os.path.isabs(relative)

@@ -12,10 +12,11 @@ import time
 import pytest
 import torch
 
-from pneumoscan import checkpoint, cli
-from pneumoscan.config import load_config
-from pneumoscan.resume import LAST, AtomicCheckpointIO, ResumeError, run_config
-from pneumoscan.train import fit
+from pneumoscan import cli
+from pneumoscan.core.config import load_config
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.training.resume import LAST, AtomicCheckpointIO, ResumeError, run_config
+from pneumoscan.training.train import fit
 
 from .conftest import REPO
 

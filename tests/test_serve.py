@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pneumoscan import checkpoint
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.runtime import load_torch, make_predictor
+from pneumoscan.models import weights as checkpoint
 from pneumoscan.serve import Settings, create_app
 
 from .conftest import EXAMPLES
@@ -40,7 +40,8 @@ def client():
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor.from_checkpoint()
+    """What the server scores with by default: the shipped model's ONNX graph."""
+    return make_predictor()
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,7 @@ def test_three_class_model_serves_class_probabilities_and_etiology(etiology_clie
                                                                    etiology_run, small_data):
     paths = [sorted((small_data / "test" / label).glob("*.jpeg"))[0]
              for label in ("PNEUMONIA", "NORMAL")]
-    expected = Predictor.from_checkpoint(etiology_run.dir).predict([str(p) for p in paths])
+    expected = load_torch(etiology_run.dir).predict([str(p) for p in paths])
     assert etiology_client.get("/v1/model").json()["labels"] == ["NORMAL", "BACTERIAL", "VIRAL"]
     batch = etiology_client.post("/v1/predict/batch", files=[
         ("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]).json()["results"]
@@ -178,8 +179,9 @@ def test_three_class_model_heatmap_and_page(etiology_client, etiology_run, small
 
     import numpy as np
 
-    from pneumoscan.explain import Explainer, heatmap_rgba
-    from pneumoscan.transforms import load_gray
+    from pneumoscan.data.decode import load_gray
+    from pneumoscan.explain.cam import heatmap_rgba
+    from pneumoscan.explain.explainer import Explainer
 
     path = sorted((small_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
     r = upload(etiology_client, path.name, path.read_bytes(), explain="true")
@@ -432,24 +434,42 @@ def test_micro_batcher_hands_an_error_to_every_caller():
     assert [str(e) for e in anyio.run(main)] == ["model failed"] * 3
 
 
-def test_onnx_runtime_serves_the_checked_export(predictor, small_jpegs, tmp_path, monkeypatch):
-    from pneumoscan.export import ExportError
-    from pneumoscan.runtime import make_predictor
+def test_default_serves_the_shipped_onnx_graph_with_heatmaps(small_jpegs):
+    """With no runtime given the shipped model is served from its ONNX graph (no torch model,
+    Grad-CAM from the graph's features), within 1e-5 of torch."""
+    torch_reference = load_torch()
+    with TestClient(create_app(Settings())) as c:
+        assert c.get("/v1/model").json()["runtime"] == "onnxruntime"
+        for path in (small_jpegs[0], ORIGINAL):
+            body = upload(c, path.name, path.read_bytes(), explain="true").json()
+            expected = torch_reference.predict([str(path)])[0]
+            assert abs(body["probability"] - expected.probability) < 1e-5
+            assert body["label"] == expected.label
+            assert body["ood"]["score"] == pytest.approx(expected.ood_score, rel=1e-5)
+            assert body["heatmap_png"]
+
+
+def test_onnx_runtime_serves_the_checked_export(tiny_run, small_jpegs, tmp_path, monkeypatch):
+    """A run without model.onnx: 'onnx' needs the export `pneumoscan predict` checked,
+    'auto' falls back to torch until then."""
+    from pneumoscan.core.errors import ExportError
+    from pneumoscan.inference.runtime import make_predictor
     from pneumoscan.serve.app import load_predictor
 
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path / "cache"))
+    run = str(tiny_run.dir)
     with pytest.raises(ExportError, match="no readable input image"):
-        load_predictor(Settings(runtime="onnx"))  # nothing exported and checked yet
-    with TestClient(create_app(Settings(runtime="auto"))) as c:  # falls back to torch
+        load_predictor(Settings(model=run, runtime="onnx"))  # nothing exported and checked yet
+    with TestClient(create_app(Settings(model=run, runtime="auto"))) as c:  # falls back
         assert c.get("/v1/model").json()["runtime"] == "torch"
-    onnx = make_predictor(None, "onnx", [str(p) for p in small_jpegs])  # exports, checks
-    with TestClient(create_app(Settings(runtime="onnx"))) as c:
+    onnx = make_predictor(run, "onnx", [str(p) for p in small_jpegs])  # exports, checks
+    reference = load_torch(run)
+    with TestClient(create_app(Settings(model=run, runtime="onnx"))) as c:
         assert c.get("/v1/model").json()["runtime"] == "onnxruntime"
         for path in (small_jpegs[0], small_jpegs[-1], ORIGINAL):
             body = upload(c, path.name, path.read_bytes(), explain="true").json()
             expected = onnx.predict([str(path)])[0]
             assert abs(body["probability"] - expected.probability) < 1e-6
             assert body["label"] == expected.label
-            assert body["ood"]["score"] == pytest.approx(expected.ood_score, rel=1e-6)
-            assert abs(body["probability"] - predictor.predict([str(path)])[0].probability) < 1e-3
-            assert body["heatmap_png"]  # Grad-CAM runs on the torch model kept beside it
+            assert abs(body["probability"] - reference.predict([str(path)])[0].probability) < 1e-3
+            assert body["heatmap_png"]  # Grad-CAM from the graph's features

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from pneumoscan.cli import main
-from pneumoscan.cues import LUNG_BOX, image_statistics, mask_lungs
-from pneumoscan.shift import SHIFTS, originals_agreement, render_file, shift_validation
-from pneumoscan.transforms import load_gray
+from pneumoscan.data.decode import load_gray
+from pneumoscan.evaluation.cues import LUNG_BOX, image_statistics, mask_lungs
+from pneumoscan.workflows.shift import SHIFTS, originals_agreement, render_file, shift_validation
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_cli_shift_json_and_report(tiny_run, small_data, tmp_path, capsys):
 
 
 def test_originals_agree_with_predict_on_each_file(data_dir, originals_dir):
-    from pneumoscan.runtime import make_predictor
+    from pneumoscan.inference.runtime import make_predictor
 
     predictor = make_predictor(None)
     r = originals_agreement(predictor, data_dir, originals_dir, splits=("val",))["val"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.cli import main
-from pneumoscan.site import confidence_of, needed_positives, site_threshold
+from pneumoscan.workflows.site import confidence_of, needed_positives, site_threshold
 
 
 def test_confidence_follows_order_statistics():
@@ -55,7 +55,7 @@ def test_calibrate_site_writes_a_new_run_and_leaves_the_model(tiny_run, data_dir
     assert code == 1  # one unreadable file, reported; the rest calibrated
     assert "broken.jpeg" in captured.err and "99 would" in captured.err
     assert _sha(tiny_run.dir / "model.json") == before
-    from pneumoscan.checkpoint import load
+    from pneumoscan.models.weights import load
 
     _, new = load(out)
     _, old = load(tiny_run.dir)

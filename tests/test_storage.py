@@ -7,7 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from pneumoscan.transforms import Preprocessing, load_gray, load_many
+from pneumoscan.core.preprocessing import Preprocessing
+from pneumoscan.data.decode import load_gray, load_many
 
 
 def test_old_contracts_have_no_storage_step():

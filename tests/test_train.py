@@ -3,9 +3,9 @@ import json
 
 from safetensors.torch import load_file
 
-from pneumoscan import checkpoint
-from pneumoscan.config import load_config
-from pneumoscan.train import fit
+from pneumoscan.core.config import load_config
+from pneumoscan.models import weights as checkpoint
+from pneumoscan.training.train import fit
 
 from .conftest import REPO
 
@@ -62,7 +62,7 @@ def test_ema_run_validates_and_ships_the_averaged_weights(small_data, tmp_path):
     import pytest
     import torch
 
-    from pneumoscan.config import ConfigError
+    from pneumoscan.core.config import ConfigError
 
     base = ["image_size=48", "epochs=2", "batch_size=8", "val_fraction=0.2",
             "model=custom-cnn", "pretrained=false", "precision=32-true"]

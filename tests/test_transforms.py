@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumoscan.transforms import ImageError, Preprocessing, load_gray, load_many, to_model_input
+from pneumoscan.core.preprocessing import Preprocessing
+from pneumoscan.data.decode import ImageError, load_gray, load_many
+from pneumoscan.models.transforms import to_model_input
 
 
 def _save(tmp_path, name, img, **kw):
@@ -95,7 +97,7 @@ def test_decodes_an_upload_held_in_memory_and_names_it(data_dir):
 
 
 def test_degrade_augmentation_blurs_and_recompresses_only_when_asked(data_dir):
-    from pneumoscan.transforms import train_augmentation
+    from pneumoscan.models.transforms import train_augmentation
 
     path = next((data_dir / "train" / "NORMAL").glob("*.jpeg"))
     x = torch.from_numpy(load_gray(path, 224)).unsqueeze(0)
@@ -114,7 +116,7 @@ def test_degrade_augmentation_blurs_and_recompresses_only_when_asked(data_dir):
 def test_crop_aspect_augmentation_stretches_only_when_asked(data_dir):
     from torchvision.transforms import v2
 
-    from pneumoscan.transforms import train_augmentation
+    from pneumoscan.models.transforms import train_augmentation
 
     path = next((data_dir / "train" / "PNEUMONIA").glob("*.jpeg"))
     x = torch.from_numpy(load_gray(path, 224)).unsqueeze(0)

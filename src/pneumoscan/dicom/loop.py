@@ -25,8 +25,14 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
+from ..core import contract
+from ..core.paths import cache_dir
+from ..data.decode import ImageError, load_gray_original, load_many
+from ..explain.cam import resize_map
+from ..explain.explainer import Explainer
+from ..inference.runtime import make_predictor
 from .results import Finding, ModelIdentity, SeriesPair, build_results, read_source
-from .web import RADIOGRAPHS, DicomWebClient, Instance, RequestFailed, ServerDown, Spool
+from .web import RADIOGRAPHS, DicomWebClient, Instance, RequestFailed, Retry, ServerDown, Spool
 
 log = logging.getLogger(__name__)
 BATCH = 16  # images retrieved and scored together (spans studies)
@@ -219,9 +225,6 @@ class Loop:
     def _score(self, paths: list[str]) -> list[tuple]:
         """(Finding, displayed gray, heatmap, error) per path: the probability from
         Predictor.predict, the very call behind `pneumoscan predict`."""
-        from ..explain import gradcam, resize_map
-        from ..transforms import ImageError, load_gray_original, load_many
-
         if not paths:
             return []
         if self.predictor is None:
@@ -230,8 +233,9 @@ class Loop:
         predictions = p.predict(paths)
         ok = [i for i, r in enumerate(predictions) if not r.error]
         prep = p.ckpt.preprocessing
-        arr, decoded, _ = load_many([paths[i] for i in ok], prep.input_size, prep.interpolation)
-        maps = dict(zip([ok[j] for j in decoded], gradcam(p.model, p.ckpt, arr)
+        arr, decoded, _ = load_many([paths[i] for i in ok], prep.input_size, prep.interpolation,
+                                    storage_quality=prep.storage_quality)
+        maps = dict(zip([ok[j] for j in decoded], Explainer(p).native_maps(arr)
                         if len(arr) else []))
         out = []
         for i, r in enumerate(predictions):
@@ -255,11 +259,7 @@ def run(url: str, model=None, runtime: str = "auto", once: bool = False,
     `poll` seconds apart; each pass's Summary goes to `report`; returns the last one."""
     import time
 
-    from .. import checkpoint
-    from ..runtime import cache_dir, make_predictor
-    from .web import Retry
-
-    _, ckpt = checkpoint.load(model)
+    ckpt = contract.read(contract.resolve(model))
     identity = ModelIdentity.from_checkpoint(ckpt)
     client = DicomWebClient(url, retry or Retry())
     spool = Spool(spool_dir or cache_dir() / "dicomweb-spool", url)

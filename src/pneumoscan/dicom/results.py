@@ -32,6 +32,8 @@ from highdicom.sr import CodedConcept
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.sr.codedict import codes
 
+from ..explain.cam import heatmap_rgba
+
 MANUFACTURER = "pneumoscan"
 SC_SERIES_NUMBER, SR_SERIES_NUMBER = 9901, 9902  # high: clear of the modality's own series
 SC_DESCRIPTION, SR_DESCRIPTION = "pneumoscan overlay", "pneumoscan result"
@@ -128,7 +130,6 @@ def render_overlay(gray: np.ndarray, heatmap: np.ndarray | None, finding: Findin
     """(H, W) uint8 displayed X-ray and (H, W) map in [0, 1] (or None) -> (h, w, 3) uint8
     RGB: the X-ray scaled to DISPLAY_SIDE on its long side, the map blended over it as the
     PNG overlays are (turbo, opacity growing with the value), and a black text band below."""
-    from ..explain import heatmap_rgba
 
     height, width = gray.shape
     scale = DISPLAY_SIDE / max(height, width)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import io
 import json
 import logging
@@ -15,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from copy import deepcopy
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,11 +28,12 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from .. import __version__, checkpoint
-from ..onnx_predict import OnnxPredictor
-from ..ood import flag
-from ..predict import Predictor
-from ..runtime import make_predictor
+from .. import __version__
+from ..core import contract
+from ..explain.cam import heatmap_rgba
+from ..explain.explainer import Explainer
+from ..inference.predictor import Predictor
+from ..inference.runtime import make_predictor
 from ..web.build import site_for_server
 from .batcher import MicroBatcher
 from .middleware import AccessLog, BodyLimit
@@ -41,6 +42,11 @@ from .uploads import DICOM, JPEG, PNG, UploadError, decode
 log = logging.getLogger("pneumoscan.serve")
 SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to workers
 STATIC = Path(str(resources.files("pneumoscan.serve") / "static"))
+# Images per forward pass. With ONNX Runtime's arena off (load_predictor), a pass's
+# activations are the server's memory peak: 4 keeps it at ~220 MiB under 16 clients sending
+# full-size originals (8: ~290 MiB) for the same throughput on 2 cores
+# (benchmarks/inference_install.py).
+SERVE_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -53,14 +59,16 @@ class Settings:
         max_pixels: images whose header declares more pixels get 422 (decompression bombs).
         max_batch_files: most files in one POST /v1/predict/batch.
         host, port, workers: where and how uvicorn listens.
-        runtime: 'torch', or 'onnx' / 'auto' for the ONNX Runtime graph that `pneumoscan
-            predict` exported and parity-checked on real images into the cache (runtime.py):
-            the server has no images of its own to check a new export on, so 'onnx' stops
-            with the reason when there is none and 'auto' then serves with torch.
+        runtime: 'auto' (default) or 'onnx' for the model's ONNX Runtime graph: model.onnx
+            beside its weights (the shipped models have one), or the one `pneumoscan
+            predict` exported and parity-checked on real images into the cache
+            (inference/runtime.py); the server has no images of its own to check a new
+            export on, so 'onnx' stops with the reason when there is none and 'auto' then
+            serves with torch. 'torch' forces torch (the training extra).
     """
 
     model: str | None = None
-    runtime: str = "torch"
+    runtime: str = "auto"
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 100_000_000
     max_batch_files: int = 64
@@ -77,14 +85,14 @@ class Service:
         self.ckpt = predictor.ckpt
         folder = Path(self.ckpt.extra["path"])
         # An ensemble folder has no weights of its own; its ensemble.json pins the members'.
-        contract = folder / checkpoint.WEIGHTS
-        if not contract.is_file():
-            contract = folder / "ensemble.json"
+        pinned = folder / contract.WEIGHTS
+        if not pinned.is_file():
+            pinned = folder / contract.ENSEMBLE
         self.model_info = {
             "name": self.ckpt.model_name,
             "version": self.ckpt.extra.get("package_version", __version__),
-            "checkpoint_sha256": checkpoint.file_sha256(contract),
-            "runtime": "onnxruntime" if isinstance(predictor, OnnxPredictor) else "torch"}
+            "checkpoint_sha256": contract.file_sha256(pinned),
+            "runtime": predictor.runtime}
         # Decoding runs on a few threads of its own (PIL releases the GIL): as many as there
         # are cores, not one per waiting request, which only adds memory. Inference runs in
         # micro-batches on one thread.
@@ -92,7 +100,9 @@ class Service:
                                             thread_name_prefix="decode")
         # Each row: (probability, OOD score or NaN, each class's probability), from one
         # forward pass.
-        self._batcher = MicroBatcher(lambda images: _rows(*predictor.class_scores(images)))
+        self._batcher = MicroBatcher(
+            lambda images: _rows(*predictor.class_scores(images, batch_size=SERVE_BATCH)),
+            max_batch=SERVE_BATCH)
         # Grad-CAM gets its own copy of the model, made on first use: captum's temporary
         # hooks must never fire on the batcher's forward passes. One heatmap at a time.
         self._explainer = None
@@ -114,39 +124,46 @@ class Service:
         self._decoders.shutdown(wait=True)
 
     def result(self, row: np.ndarray) -> dict:
-        probability, score = float(row[0]), float(row[1])
-        gate = self.ckpt.extra.get("ood")
-        flagged = None if np.isnan(score) else flag(score, self.ckpt)
+        """The REST form of one scored image: the Prediction `pneumoscan predict` builds from
+        the same scores (Predictor.prediction), with the threshold, model and gate beside it."""
+        p = self.predictor.prediction("", row[0], row[2:], row[1])
+        gate = self.ckpt.ood_gate
         warnings = ["out of distribution: this image does not look like the chest X-rays the "
-                    "model was trained on; the probability is unreliable"] if flagged else []
-        classes = row[2:]
-        return {"probability": probability, "label": self.predictor.label_of(probability),
-                "class_probabilities": dict(zip(self.ckpt.labels, map(float, classes))),
-                "etiology": self.predictor.etiology_of(classes),
+                    "model was trained on; the probability is unreliable"] if p.ood else []
+        return {"probability": p.probability, "label": p.label,
+                "class_probabilities": p.class_probabilities, "etiology": p.etiology,
                 "threshold": self.predictor.threshold, "model": self.model_info,
-                "ood": {"flagged": flagged, "score": None if np.isnan(score) else score,
+                "ood": {"flagged": p.ood, "score": p.ood_score,
                         "threshold": gate["threshold"] if gate else None},
                 "warnings": warnings}
 
     async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
         image = await self.decode(data, name)
         out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
-        explain = explain and self.predictor.model is not None  # no Grad-CAM of an ensemble
+        explain = explain and self.predictor.explainable  # no Grad-CAM of an ensemble
         out["heatmap_png"] = await asyncio.to_thread(self.heatmap, image) if explain else None
         return out
 
     def heatmap(self, image: np.ndarray) -> str:
         """Base64 PNG of the Grad-CAM overlay (RGBA, the model's square input geometry; the
         page stretches it over the X-ray as the model squashed the X-ray)."""
-        from ..explain import Explainer, heatmap_rgba
-
         with self._explain_lock:
             if self._explainer is None:
-                self._explainer = Explainer(copy.deepcopy(self.predictor.model), self.ckpt)
+                self._explainer = self._make_explainer()
             heatmap = self._explainer.maps(image[None])[0]
         buf = io.BytesIO()
         Image.fromarray(heatmap_rgba(heatmap), "RGBA").save(buf, format="PNG")
         return base64.b64encode(buf.getvalue()).decode("ascii")
+
+    def _make_explainer(self) -> Explainer:
+        """On ONNX Runtime the session is shared (Grad-CAM reads its `features` output); a
+        torch model gets a copy of its own: captum's temporary hooks must never fire on the
+        batcher's forward passes."""
+        if self.predictor.model is None:
+            return Explainer(self.predictor)
+        from ..explain.gradients import torch_explainer  # torch: the training extra
+
+        return torch_explainer(deepcopy(self.predictor.model), self.ckpt)
 
     async def predict_many(self, files: list[tuple[str, bytes]]) -> list[dict]:
         decoded = await asyncio.gather(*(self.decode(data, name) for name, data in files),
@@ -199,7 +216,8 @@ def load_predictor(settings: Settings) -> Predictor:
         log.warning("%s (a `pneumoscan predict` run on a few X-rays exports and checks the "
                     "ONNX graph once; later starts use it)", message)
 
-    return make_predictor(settings.model, settings.runtime, paths=[], notify=notify)
+    return make_predictor(settings.model, settings.runtime, paths=[], notify=notify,
+                          low_memory=True)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

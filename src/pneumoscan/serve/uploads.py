@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..transforms import ImageError, Preprocessing, load_gray
+from ..core.preprocessing import Preprocessing
+from ..data.decode import ImageError, load_gray
 
 JPEG, PNG, DICOM = "image/jpeg", "image/png", "application/dicom"
 

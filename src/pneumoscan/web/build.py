@@ -3,9 +3,10 @@ its contract (as JSON the page reads) and the vendored ONNX Runtime Web files.
 
 Nothing of the site is fetched from elsewhere: every file lies under the output folder, so it
 runs from any static host, from `python -m http.server`, or offline. The graph is the one
-`pneumoscan predict` uses (runtime.cached_onnx: exported once per checkpoint, parity-checked
-against PyTorch on real images); the page reads the rest of the contract (labels, temperature,
-threshold, OOD gate, CAM weights) from `model/contract.json`, written here from the checkpoint.
+`pneumoscan predict` uses (the model's shipped model.onnx, else inference/export.cached_onnx:
+exported once per checkpoint, parity-checked against PyTorch on real images); the page reads
+the rest of the contract (labels, temperature, threshold, OOD gate, CAM weights) from
+`model/contract.json`, written here from the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, checkpoint
+from .. import __version__
+from ..core import contract as checkpoint
+from ..core.contract import Checkpoint
+from ..core.errors import ExportError
+from ..data import DatasetNotFound
+from ..explain._turbo import TURBO
+from ..inference.onnx import OnnxBackend, open_session, output_contract, refuse_ensemble
+from ..inference.runtime import parity_images as first_readable
+from ..inference.runtime import shipped_graph
 
 FORMAT = 1  # bump when contract.json's fields change
 PACKAGE = Path(str(resources.files("pneumoscan.web")))
@@ -41,16 +50,12 @@ def check_vendor() -> dict:
 
 def turbo_lut() -> list[list[int]]:
     """matplotlib's turbo colour map as 256 RGB triplets (the server's overlay colours)."""
-    from matplotlib import colormaps
-
-    rgb = colormaps["turbo"](np.arange(256))[:, :3]  # integers index the table itself
-    return np.round(rgb * 255).astype(int).tolist()
+    return np.round(np.asarray(TURBO) * 255).astype(int).tolist()
 
 
-def contract(model, ckpt: checkpoint.Checkpoint) -> dict:
-    """What the page needs besides the graph: the server's decision rules, as data."""
-    from ..export import cam_weights, output_contract
-
+def contract(cam: dict | None, ckpt: Checkpoint) -> dict:
+    """What the page needs besides the graph: the server's decision rules, as data; `cam`,
+    the classifier the graph's `features` are weighted by (its metadata's cam_weights)."""
     folder = Path(ckpt.extra["path"])
     gate = ckpt.extra.get("ood") if ckpt.ood_stats is not None else None
     ood = None
@@ -68,9 +73,26 @@ def contract(model, ckpt: checkpoint.Checkpoint) -> dict:
         "temperature": float(ckpt.extra.get("temperature", 1.0)),
         "preprocessing": ckpt.preprocessing.to_dict(),
         "output": output_contract(ckpt),
-        "cam": cam_weights(model), "ood": ood, "ood_warning": OOD_WARNING,
+        "cam": cam, "ood": ood, "ood_warning": OOD_WARNING,
         "colormap": turbo_lut(), "heatmap_alpha": 0.55,
     }
+
+
+def _graph(model, parity_images: Callable[[], np.ndarray] | None
+           ) -> tuple[Path, Checkpoint, dict | None]:
+    """(graph file, contract, CAM weights): the model's shipped graph without torch when it
+    has one, else its checked export (the training extra)."""
+    folder = checkpoint.resolve(model) if model is None or Path(model).suffix != ".onnx" \
+        else None
+    graph = shipped_graph(folder) if folder is not None else None
+    if graph is not None:
+        return graph, checkpoint.read(folder), OnnxBackend(open_session(graph), graph).cam
+    from ..inference.export import cached_onnx, cam_weights  # torch and onnx
+    from ..models import weights
+
+    net, ckpt = weights.load(model)
+    graph = cached_onnx(net, ckpt, parity_images or (lambda: np.zeros((0, 1, 1), np.uint8)))
+    return graph, ckpt, cam_weights(net)
 
 
 def _ood_bytes(stats: dict) -> bytes:
@@ -97,17 +119,13 @@ def build_site(out_dir: str | Path, model: str | Path | None = None,
         >>> build_site("site", None, lambda: images)["path"]
         'site'
     """
-    from ..export import ExportError, _refuse_ensemble
-    from ..runtime import cached_onnx
-
-    _refuse_ensemble(model)
+    refuse_ensemble(model)
     vendor = check_vendor()
-    net, ckpt = checkpoint.load(model)
+    graph, ckpt, cam = _graph(model, parity_images)
     prep = ckpt.preprocessing
     if (prep.interpolation, prep.resize) != ("bilinear", "squash"):
         raise ExportError(f"the browser site resizes as Pillow's bilinear squash only; this "
                           f"model's preprocessing is {prep.interpolation} / {prep.resize}")
-    graph = cached_onnx(net, ckpt, parity_images or (lambda: np.zeros((0, 1, 1), np.uint8)))
     out = Path(out_dir)
     for sub in ("app", "model", "ort"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -118,7 +136,7 @@ def build_site(out_dir: str | Path, model: str | Path | None = None,
     for name in [*vendor["files"], "LICENSE", "VERSION.json"]:
         shutil.copyfile(VENDOR / name, out / "ort" / name)
     shutil.copyfile(graph, out / "model" / "model.onnx")
-    (out / "model" / "contract.json").write_text(json.dumps({**contract(net, ckpt),
+    (out / "model" / "contract.json").write_text(json.dumps({**contract(cam, ckpt),
                                                              "server": server}))
     if ckpt.ood_stats is not None and ckpt.extra.get("ood") is not None:
         (out / "model" / "ood.bin").write_bytes(_ood_bytes(ckpt.ood_stats))
@@ -130,9 +148,7 @@ def build_site(out_dir: str | Path, model: str | Path | None = None,
 def parity_images(model: str | Path | None, data_dir: str | Path, n: int = 16) -> np.ndarray:
     """Real images to check a new export on: the checkpoint's carved val split when the
     dataset is there, else the repository's examples/ (as `make demo` scores them)."""
-    from ..data import DatasetNotFound
-    from ..export import val_images
-    from ..runtime import parity_images as first_readable
+    from ..inference.export import val_images  # torch: only for a graph not shipped
 
     try:
         return val_images(model, data_dir, n)
@@ -142,7 +158,7 @@ def parity_images(model: str | Path | None, data_dir: str | Path, n: int = 16) -
         if not files:
             raise DatasetNotFound(f"no dataset at {data_dir} and no examples/ folder: the "
                                   f"ONNX export needs real X-rays to be checked on") from None
-        return first_readable(files, checkpoint.load(model)[1], n)
+        return first_readable(files, checkpoint.read(checkpoint.resolve(model)), n)
 
 
 def site_for_server(model: str | Path | None, out_dir: str | Path) -> str | None:

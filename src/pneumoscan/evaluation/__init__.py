@@ -1,0 +1,2 @@
+"""The evaluation layer: pure metrics (metrics.py), temperature calibration, the HTML report,
+its figures and the model card."""
