@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from .web_harness import CHROMIUM, FLAGS
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
@@ -107,3 +109,19 @@ def tiny_seeds(small_data_with_bad_file, tmp_path_factory) -> Path:
                  "precision=32-true"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright (never `playwright install`); CI must have it."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} missing: apt-get install chromium (never 'playwright install')"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield b
+        b.close()

@@ -9,7 +9,6 @@ import base64
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from pneumoscan.web.build import check_vendor
 
 from .conftest import EXAMPLES
 from .web_harness import (
-    CHROMIUM,
-    FLAGS,
     INPUTS_JS,
     SCORE_JS,
     open_site,
@@ -32,21 +29,6 @@ from .web_harness import (
 )
 
 TOLERANCE = 0.01  # max |probability difference| to `pneumoscan predict` (issue #17)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} missing: apt-get install chromium (never 'playwright install')"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

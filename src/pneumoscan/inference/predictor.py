@@ -55,11 +55,10 @@ def expand_inputs(paths: list[str]) -> list[str]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            # FIFOs, sockets and devices are listed so that decoding reports them by name
-            special = sorted(str(f) for f in p.rglob("*")
-                             if f.exists() and not f.is_file() and not f.is_dir())
-            out.extend(sorted(found + special) or [str(p)])
+            # image files, and FIFOs, sockets and devices so that decoding reports them by name
+            found = sorted(str(f) for f in p.rglob("*")
+                           if (is_image_file(f) if f.is_file() else f.exists() and not f.is_dir()))
+            out.extend(found or [str(p)])
         else:
             out.append(str(p))
     return out

@@ -132,7 +132,8 @@ def originals_agreement(predictor, data_dir: Path, originals_dir: Path,
     the dataset: per split n, AUROC of the originals, mean/max |dp|, label flips, and rows."""
     import csv
 
-    rows = list(csv.DictReader(open(originals_dir / "manifest.csv", newline="")))
+    with open(originals_dir / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     out = {}
     for split in splits:
         mine = [r for r in rows if r["split"] == split]
