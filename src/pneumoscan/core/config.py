@@ -37,6 +37,7 @@ class TrainConfig:
     aug_hflip: bool = False
     aug_degrade: float = 0.0
     aug_crop_aspect: float = 0.0
+    aug_crop_scale: float = 0.75
     aug_acquisition: float = 0.0
     ema_decay: float = 0.0
     limit_per_class: int = 0
@@ -117,6 +118,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     if not 0.0 <= typed.get("ema_decay", 0.0) < 1.0:
         raise ConfigError("config key 'ema_decay' is in [0, 1) (0 = off), "
                           f"got {typed['ema_decay']}")
+    if not 0.0 < typed.get("aug_crop_scale", 0.75) <= 1.0:
+        raise ConfigError("config key 'aug_crop_scale' is in (0, 1] (share of the area kept), "
+                          f"got {typed['aug_crop_scale']}")
     return replace(TrainConfig(), **typed)
 
 

@@ -56,21 +56,22 @@ class AcquisitionJitter:
 
 def train_augmentation(rotation: float, translate: float, zoom: float, brightness: float,
                        contrast: float, hflip: bool, degrade: float = 0.0,
-                       crop_aspect: float = 0.0, size: int = 224, acquisition: float = 0.0):
+                       crop_aspect: float = 0.0, size: int = 224, acquisition: float = 0.0,
+                       crop_scale: float = 0.75):
     """Per-image augmentation on a uint8 (1, H, W) tensor, as the original project's Keras
     ImageDataGenerator: small rotations, shifts, zoom, brightness/contrast; with probability
     `degrade`, a Gaussian blur then a JPEG re-compression. Sharpness and JPEG detail separate
     the classes in train (pneumonia originals are smaller and blurrier) while test normals are
     blurrier than train normals (docs/gap.md): degrading both classes alike removes the cue.
-    With `crop_aspect` a > 0, first a random resized crop (75-100% of the area, aspect ratio
-    1/(1+a) to 1+a, back to size x size): framing and the aspect ratio squashed into the
-    square copies differ between the classes in train and between train and test normals
+    With `crop_aspect` a > 0, first a random resized crop (`crop_scale` to 100% of the area,
+    aspect ratio 1/(1+a) to 1+a, back to size x size): framing and the aspect ratio squashed
+    into the square copies differ between the classes in train and between train and test normals
     (docs/gap.md). With `acquisition` > 0, last, AcquisitionJitter with that probability."""
     from torchvision.transforms import v2
 
     ops = []
     if crop_aspect > 0:
-        ops.append(v2.RandomResizedCrop(size, scale=(0.75, 1.0),
+        ops.append(v2.RandomResizedCrop(size, scale=(crop_scale, 1.0),
                                         ratio=(1 / (1 + crop_aspect), 1 + crop_aspect)))
     ops += [v2.RandomAffine(degrees=rotation, translate=(translate, translate),
                            scale=(1 - zoom, 1 + zoom)),

@@ -261,7 +261,7 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     aug = train_augmentation(cfg.aug_rotation, cfg.aug_translate, cfg.aug_zoom,
                              cfg.aug_brightness, cfg.aug_contrast, cfg.aug_hflip,
                              cfg.aug_degrade, cfg.aug_crop_aspect, prep.input_size,
-                             cfg.aug_acquisition)
+                             cfg.aug_acquisition, cfg.aug_crop_scale)
     train_dl = DataLoader(ImageSet(x_tr, y_tr, aug), batch_size=cfg.batch_size, shuffle=True,
                           num_workers=cfg.num_workers, drop_last=len(x_tr) > cfg.batch_size,
                           persistent_workers=cfg.num_workers > 0)
