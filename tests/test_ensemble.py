@@ -151,3 +151,52 @@ def test_export_and_explain_refuse_an_ensemble(tiny_seeds, small_data, tmp_path,
     assert not (tmp_path / "e.onnx").exists()
     with pytest.raises(checkpoint.CheckpointError, match="explain one of its member runs"):
         Explainer.from_checkpoint(ens_dir)
+
+
+def _tampered(d, **changes):
+    meta_path = d / "ensemble" / "ensemble.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(changes)
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+@pytest.mark.parametrize("case", ["climbs out", "absolute", "no weights_sha256", "no path",
+                                  "not an object", "zero members", "no members",
+                                  "no threshold", "threshold NaN"])
+def test_a_malformed_or_escaping_ensemble_file_is_a_usage_error(tiny_seeds, small_data,
+                                                                tmp_path, capsys, case):
+    """Members outside the folder that holds the ensemble are refused even with the right
+    weights; a missing key or no member is exit 2 with a message naming it, no traceback."""
+    d = _copy(tiny_seeds, tmp_path / "group")
+    outside = tmp_path / "outside" / "seed-0"  # the same weights, out of the group folder
+    shutil.copytree(d / "seed-0", outside)
+    members = json.loads((d / "ensemble" / "ensemble.json").read_text())["members"]
+    changes, expected = {
+        "climbs out": ({"members": [{**members[0], "path": "../../../outside/seed-0"},
+                                    members[1]]}, "'../../../outside/seed-0' is not inside"),
+        "absolute": ({"members": [{**members[0], "path": str(outside)}, members[1]]},
+                     "is not inside"),
+        "no weights_sha256": ({"members": [members[0], {"path": "../seed-1"}]},
+                              "member 2 of 'members' has no string 'weights_sha256'"),
+        "no path": ({"members": [{"weights_sha256": "0" * 64}]},
+                    "member 1 of 'members' has no string 'path'"),
+        "not an object": ({"members": ["../seed-0"]}, "member 1 of 'members' has no string"),
+        "zero members": ({"members": []}, "key 'members' must list at least one member"),
+        "no members": ({"members": None}, "key 'members' must list at least one member"),
+        "no threshold": ({"threshold": None}, "key 'threshold' must be a number"),
+        "threshold NaN": ({"threshold": float("nan")}, "key 'threshold' must be a number"),
+    }[case]
+    _tampered(d, **changes)
+    image = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))[0]
+    assert main(["predict", image, "--model", str(d / "ensemble")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "ensemble.json" in err and "Traceback" not in err
+
+
+def test_build_refuses_members_outside_the_folder_that_holds_the_ensemble(
+        tiny_seeds, small_data_with_bad_file, tmp_path):
+    d = _copy(tiny_seeds, tmp_path / "group")
+    with pytest.raises(EnsembleError, match="is not inside .*put --out beside the member runs"):
+        build([d / "seed-0", d / "seed-1"], tmp_path / "elsewhere" / "ens",
+              small_data_with_bad_file)

@@ -83,6 +83,48 @@ class EnsembleBackend:
         return probs, np.mean([p[1] for p in parts], axis=0), np.full(len(probs), np.nan)
 
 
+def _read(file: Path) -> tuple[dict, list[dict]]:
+    """ensemble.json's content and its member entries, each checked to have a string `path`
+    and `weights_sha256`; any other shape is an EnsembleError naming the key."""
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EnsembleError(f"{file}: malformed ensemble file ({e})") from None
+    if not isinstance(meta, dict):
+        raise EnsembleError(f"{file}: malformed ensemble file (not a JSON object)")
+    if meta.get("format") != FORMAT:
+        raise EnsembleError(f"{file}: unknown format {meta.get('format')!r} (key 'format' "
+                            f"must be {FORMAT!r})")
+    threshold = meta.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+            0 <= threshold <= 1):
+        raise EnsembleError(f"{file}: key 'threshold' must be a number in [0, 1], not "
+                            f"{threshold!r}")
+    entries = meta.get("members")
+    if not isinstance(entries, list) or not entries:
+        raise EnsembleError(f"{file}: key 'members' must list at least one member, not "
+                            f"{entries!r}")
+    for i, entry in enumerate(entries, 1):
+        for key in ("path", "weights_sha256"):
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
+                raise EnsembleError(f"{file}: member {i} of 'members' has no string {key!r}")
+    return meta, entries
+
+
+def member_folder(folder: Path, relative: str) -> Path:
+    """A member's run folder, `relative` to the ensemble folder. It must lie inside the folder
+    that holds the ensemble folder (where `train seeds=` writes the members beside it, as
+    '../seed-0'): an absolute path or one that climbs out of it would make the ensemble read
+    files from anywhere on the machine."""
+    root = folder.resolve().parent
+    member = (folder / relative).resolve()
+    if Path(relative).is_absolute() or not member.is_relative_to(root) or member == root:
+        raise EnsembleError(f"{folder / FILE}: member {relative!r} is not inside {root}: "
+                            f"members must lie beside the ensemble folder (an absolute "
+                            f"path or one that leaves that folder is refused)")
+    return member
+
+
 def load_ensemble(path: str | Path, bf16: bool = False, tta: bool = False) -> Predictor:
     """A Predictor holding the EnsembleBackend of ensemble.json's members; `tta` adds
     test-time augmentation to an ensemble built without it (the stored threshold was then
@@ -94,20 +136,11 @@ def load_ensemble(path: str | Path, bf16: bool = False, tta: bool = False) -> Pr
         'NORMAL'
     """
     folder = _folder(path)
-    try:
-        meta = json.loads((folder / FILE).read_text())
-        if meta.get("format") != FORMAT:
-            raise EnsembleError(f"{folder / FILE}: unknown format {meta.get('format')!r}")
-        entries = meta["members"]
-        float(meta["threshold"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, EnsembleError):
-            raise
-        raise EnsembleError(f"{folder / FILE}: malformed ensemble file ({e})") from None
+    meta, entries = _read(folder / FILE)
     tta = tta or bool(meta.get("tta", False))
     members = []
     for entry in entries:
-        member = folder / entry["path"]
+        member = member_folder(folder, entry["path"])
         weights_file = member / contract.WEIGHTS
         if not weights_file.is_file():
             raise EnsembleError(f"{folder / FILE}: member {entry['path']}: no "

@@ -73,7 +73,8 @@ def build(member_paths: list[str | Path], out_dir: str | Path, data_dir: str | P
 
     Args:
         member_paths: run folders (or their model.json), at least two.
-        out_dir: the ensemble folder; member paths are stored relative to it.
+        out_dir: the ensemble folder; member paths are stored relative to it, and the
+            members must lie inside the folder that holds it (its parent).
         data_dir: the dataset the members were trained on (for the threshold split).
         tta: average every member over tta.VIEWS (also while choosing the threshold).
         threshold_split: "val", the carved val split the members share (patient-grouped;
@@ -90,6 +91,12 @@ def build(member_paths: list[str | Path], out_dir: str | Path, data_dir: str | P
                             f"{', '.join(THRESHOLD_SPLITS)} (never test)")
     records = load_records(data_dir)  # a missing dataset is reported before models load
     dirs = _member_dirs(member_paths)
+    root = Path(out_dir).resolve().parent
+    for d in dirs:  # load_ensemble reads members only from beside the ensemble folder
+        if not d.is_relative_to(root):
+            raise EnsembleError(f"member {d} is not inside {root}, the folder that holds the "
+                                f"ensemble folder {out_dir}: put --out beside the member runs "
+                                f"(e.g. runs/ensemble for runs/a and runs/b)")
     members = [torch_predictor(*checkpoint.load(d), tta=tta) for d in dirs]
     names = [str(d) for d in dirs]
     _check_members([m.ckpt for m in members], names)
