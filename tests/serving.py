@@ -22,11 +22,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(log_path: Path, *extra: str, timeout: float = 90.0):
+def running_server(log_path: Path, *extra: str, timeout: float = 90.0,
+                   env: dict[str, str] | None = None):
     """Yield (base URL, process) of `pneumoscan serve` on 127.0.0.1, its output going to
-    log_path (a file, so that a full pipe never blocks it); stop it afterwards."""
+    log_path (a file, so that a full pipe never blocks it); stop it afterwards. `env`: more
+    environment variables for it."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
         filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     log = open(log_path, "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen([sys.executable, "-m", "pneumoscan.cli", "serve", "--host",

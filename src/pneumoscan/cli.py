@@ -214,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): the model's ONNX graph (shipped with the package, or "
                         "the one `pneumoscan predict` exported and checked), else torch; or "
                         "force one")
+    p.add_argument("--allowed-hosts", default=None, metavar="NAME[,NAME...]",
+                   help="Host header names answered ('*' any; '*.example.org' its subdomains); "
+                        "needed with --host 0.0.0.0; default: none checked on loopback, the "
+                        "bound address beyond it. API key: env PNEUMOSCAN_API_KEY")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="408 and close when a request head takes longer (default 10)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="408 and close when a body takes longer after its head (default 60)")
 
     p = sub.add_parser("dicomweb", help="score CR/DX studies of a DICOMweb server and store "
                                         "SC + SR results back (docs/dicom.md)")

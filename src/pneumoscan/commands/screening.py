@@ -117,11 +117,24 @@ def cmd_explain(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ..core.contract import is_ensemble, resolve
-    from ..serve.app import Settings, load_predictor, serve
+    import os
 
+    from ..core.contract import is_ensemble, resolve
+    from ..serve.app import Settings, load_predictor
+    from ..serve.guard import API_KEY_ENV, allowed_hosts
+    from ..serve.server import serve
+
+    hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()) \
+        if args.allowed_hosts else None
     settings = Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
-                        runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20))
+                        runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                        allowed_hosts=hosts, api_key=os.environ.get(API_KEY_ENV) or None,
+                        header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+    try:
+        allowed_hosts(settings.host, settings.allowed_hosts)
+    except ValueError as e:
+        print(f"pneumoscan serve: {e}", file=sys.stderr)
+        return USAGE_ERROR
     if not is_ensemble(args.model):
         resolve(args.model)  # a missing model is a usage error now, not a failed start-up
     if args.runtime == "onnx":

@@ -53,6 +53,9 @@ def open_session(path: str | Path, threads: int | None = None, low_memory: bool 
     361 MiB under 16 clients) at ~30% more CPU per batch (page faults; `predict` keeps it)."""
     import onnxruntime as ort  # ~60 MiB: only once a graph is to be run
 
+    # Patient data must not leave the machine, not even usage events (ONNX Runtime sends
+    # them only on Windows, through ETW; off everywhere for a clear record).
+    ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = not low_memory
     if threads:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import logging
 import os
 import tempfile
@@ -15,15 +14,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from copy import deepcopy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -35,12 +35,13 @@ from ..explain.explainer import Explainer
 from ..inference.predictor import Predictor
 from ..inference.runtime import make_predictor
 from ..web.build import site_for_server
+from . import errors
 from .batcher import MicroBatcher
-from .middleware import AccessLog, BodyLimit
+from .guard import HostCheck, allowed_hosts, api_key_dependency
+from .middleware import AccessLog, BodyLimit, PagesStayLocal
 from .uploads import DICOM, JPEG, PNG, UploadError, decode
 
 log = logging.getLogger("pneumoscan.serve")
-SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to workers
 STATIC = Path(str(resources.files("pneumoscan.serve") / "static"))
 # Images per forward pass. With ONNX Runtime's arena off (load_predictor), a pass's
 # activations are the server's memory peak: 4 keeps it at ~220 MiB under 16 clients sending
@@ -59,6 +60,11 @@ class Settings:
         max_pixels: images whose header declares more pixels get 422 (decompression bombs).
         max_batch_files: most files in one POST /v1/predict/batch.
         host, port, workers: where and how uvicorn listens.
+        allowed_hosts: Host header names answered (guard.allowed_hosts: by default none is
+            checked on loopback, the bound address beyond it; a wildcard bind needs them).
+        api_key: when set, every /v1 route needs it (X-API-Key or Bearer); else none.
+        header_timeout, body_timeout: seconds a request head may take to arrive, and its
+            body after the head; past them 408 and the connection is closed (server.py).
         runtime: 'auto' (default) or 'onnx' for the model's ONNX Runtime graph: model.onnx
             beside its weights (the shipped models have one), or the one `pneumoscan
             predict` exported and parity-checked on real images into the cache
@@ -75,6 +81,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    allowed_hosts: tuple[str, ...] | None = None
+    api_key: str | None = None
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
 
 
 class Service:
@@ -193,7 +203,8 @@ async def _read_files(request: Request, settings: Settings, fields: tuple[str, .
                       max_files: int) -> list[UploadFile]:
     """The files uploaded under `fields` of a multipart body, held in memory only (never
     spooled to disk)."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    # Media types are case-insensitive (RFC 9110 8.3.1): Multipart/Form-Data is one too.
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise HTTPException(415, "send the image as multipart/form-data with a field 'file'")
     parser = MultiPartParser(request.headers, request.stream(), max_files=max_files,
                              max_fields=16)
@@ -246,12 +257,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service.close()
         local.cleanup()
 
-    app = FastAPI(title="pneumoscan", version=__version__, lifespan=lifespan,
-                  description="Pneumonia screening of pediatric chest X-rays. Research tool, "
-                              "not for clinical diagnosis.")
+    hosts = allowed_hosts(settings.host, settings.allowed_hosts)  # ValueError: say which
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, never a CDN.
+    app = FastAPIOffline(title="pneumoscan", version=__version__, lifespan=lifespan,
+                         static_url="/docs-assets",
+                         swagger_ui_parameters={"validatorUrl": None},  # no call to swagger.io
+                         description="Pneumonia screening of pediatric chest X-rays. Research "
+                                     "tool, not for clinical diagnosis. Every error status "
+                                     "returns {\"detail\": \"<message>\"}.")
     app.state.service = app.state.local = None
+    errors.install(app)
+    if hosts is not None:
+        app.add_middleware(HostCheck, allowed=hosts)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(PagesStayLocal, paths=("/docs", "/redoc"))
     app.add_middleware(AccessLog)
+    # Error statuses of each route, documented with the body they carry (errors.ErrorBody).
+    everywhere = (*((400,) if hosts is not None else ()), 408, 413)
+    keyed = (401,) if settings.api_key else ()
+    v1 = [Depends(api_key_dependency(settings.api_key))] if settings.api_key else []
+    uploads = errors.responses(*sorted({*everywhere, 400, *keyed, 415, 422, 503}))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     async def local_site(scope, receive, send):
@@ -268,8 +293,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "schema": {"type": "object", "required": ["file"],
                    "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
     batch_doc = {"requestBody": {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "properties": {"files": {
-            "type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+        "schema": {"type": "object", "required": ["files"], "properties": {"files": {
+            "type": "array", "minItems": 1, "maxItems": settings.max_batch_files,
+            "items": {"type": "string", "format": "binary"}}}}}}}}
 
     def service_of(request: Request) -> Service:
         service = request.app.state.service
@@ -281,13 +307,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def page():
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=errors.responses(*everywhere, 503))
     async def healthz(request: Request):
         """Liveness; `ready` is true once the model is loaded (503 before)."""
         service_of(request)
         return {"status": "ok", "ready": True}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", dependencies=v1, responses=errors.responses(*everywhere, *keyed, 503))
     async def model(request: Request):
         """The model card facts: labels, threshold, preprocessing, validation metrics."""
         s = service_of(request)
@@ -298,7 +324,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "max_upload_bytes": settings.max_upload_bytes,
                 "max_pixels": settings.max_pixels}
 
-    @app.post("/v1/predict", openapi_extra=upload_doc)
+    @app.post("/v1/predict", openapi_extra=upload_doc, dependencies=v1, responses=uploads)
     async def predict(request: Request, explain: bool = False):
         """Score one X-ray (multipart field `file`): probability, label, class probabilities,
         etiology (K-class models; null for a binary one), threshold, model."""
@@ -313,7 +339,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(e.status, e.message) from None
         return {**out, "elapsed_ms": _ms(start)}
 
-    @app.post("/v1/predict/batch", openapi_extra=batch_doc)
+    @app.post("/v1/predict/batch", openapi_extra=batch_doc, dependencies=v1,
+              responses=uploads)
     async def predict_batch(request: Request):
         """Score several X-rays (multipart fields `files`): one result or error per file."""
         start, s = time.perf_counter(), service_of(request)
@@ -327,25 +354,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "elapsed_ms": _ms(start)}
 
     return app
-
-
-def app_from_env() -> FastAPI:
-    """Factory for uvicorn worker processes (`serve --workers N`): settings come as JSON.
-    A spawned worker does not inherit the parent's logging set-up, so it makes its own."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return create_app(Settings(**json.loads(os.environ.get(SETTINGS_ENV, "{}"))))
-
-
-def serve(settings: Settings) -> None:
-    """Run uvicorn in the foreground (blocks)."""
-    import uvicorn
-
-    common = {"host": settings.host, "port": settings.port, "access_log": False,
-              "log_level": "info"}
-    if settings.workers > 1:
-        # Worker processes rebuild the app themselves, so settings travel by environment.
-        os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
-        uvicorn.run("pneumoscan.serve.app:app_from_env", factory=True,
-                    workers=settings.workers, **common)
-    else:
-        uvicorn.run(create_app(settings), **common)

@@ -11,6 +11,8 @@ import uuid
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("pneumoscan.serve")
+# Set in a request's scope by server.TimedH11Protocol when its body did not arrive in time.
+TIMEOUT_KEY = "pneumoscan.body_timeout"
 
 
 def too_large_message(limit: int) -> str:
@@ -49,9 +51,36 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class PagesStayLocal:
+    """A Content-Security-Policy on the API pages (/docs, /redoc) that lets them load nothing
+    from outside this server: their Swagger UI and ReDoc come from the fastapi-offline
+    package, and ReDoc's one outside request (its maker's logo, from a CDN) is blocked."""
+
+    POLICY = (b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+              b"'unsafe-inline'; img-src 'self' data: blob:; worker-src 'self' blob:; "
+              b"connect-src 'self'; font-src 'self' data:")
+
+    def __init__(self, app, paths: tuple[str, ...]):
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+
+        async def with_policy(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"content-security-policy", self.POLICY)]
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
+
+
 class AccessLog:
     """One log line per request: id, method, route path, body bytes, status, milliseconds.
-    The id is also returned as the X-Request-ID header."""
+    The status is `disconnected` when the client went away before the answer was sent, and
+    408 when the server cut off a body that did not arrive in time (server.py). The id is also
+    returned as the X-Request-ID header."""
 
     def __init__(self, app):
         self.app = app
@@ -59,12 +88,14 @@ class AccessLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid, start, size, status = uuid.uuid4().hex[:12], time.perf_counter(), 0, 500
+        rid, start, size, status = uuid.uuid4().hex[:12], time.perf_counter(), 0, None
+        gone = False  # the client disconnected before an answer was started
 
         async def counted():
-            nonlocal size
+            nonlocal size, gone
             message = await receive()
             size += len(message.get("body", b""))
+            gone = gone or (message["type"] == "http.disconnect" and status is None)
             return message
 
         async def tagged(message):
@@ -78,5 +109,6 @@ class AccessLog:
         try:
             await self.app(scope, counted, tagged)
         finally:
-            log.info("request %s %s %s bytes=%d status=%d ms=%.1f", rid, scope["method"],
-                     scope["path"], size, status, (time.perf_counter() - start) * 1000)
+            shown = (408 if TIMEOUT_KEY in scope else "disconnected" if gone else status or 500)
+            log.info("request %s %s %s bytes=%d status=%s ms=%.1f", rid, scope["method"],
+                     scope["path"], size, shown, (time.perf_counter() - start) * 1000)

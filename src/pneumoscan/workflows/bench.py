@@ -155,6 +155,7 @@ def model_only(model, size: int, repeats: int, peak_gflops: float,
         rows.append(_model_row(name, run, repeats, gflop, peak_gflops))
     u8 = np.random.default_rng(0).integers(0, 256, (32, 1, size, size), dtype=np.uint8)
     for name, path in (onnx_paths or {}).items():
+        ort.disable_telemetry_events()  # as in inference/onnx.open_session
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         rows.append(_model_row(name, lambda n, s=session: s.run(None, {INPUT: u8[:n]}),
                                repeats, gflop, peak_gflops))
