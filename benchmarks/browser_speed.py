@@ -7,7 +7,7 @@ runs, wall time beside the CPU time chromium's processes spent: on a machine sha
 jobs the wall time measures the contention too.
 
     PYTHONPATH=src python benchmarks/browser_speed.py [--model etiology] [--runs 5]
-        [--images 20] [--worklist 200] [--site DIR] [--data DIR]
+        [--images 20] [--worklist 200] [--steps] [--site DIR] [--data DIR]
 """
 
 from __future__ import annotations
@@ -57,6 +57,81 @@ LONGTASKS_JS = """() => {
 }"""
 
 
+# --steps: the cold load taken apart, one step per evaluate, so that chromium's CPU time can
+# be read between steps (a page of its own beside the site: ORT alone, no worker).
+STEPS_HTML = """<!doctype html><html><body><script type="module" src="steps.js"></script></body>
+</html>"""
+STEPS_JS = """import * as ort from "./ort/ort.wasm.bundle.min.mjs";
+ort.env.wasm.numThreads = 1;
+ort.env.wasm.proxy = false;
+ort.env.wasm.wasmPaths = { wasm: new URL("ort/ort-wasm-simd-threaded.wasm", location.href).href };
+const get = async (u) => new Uint8Array(await (await fetch(u)).arrayBuffer());
+let graph, session;
+window.steps = {
+  runtime: async () => { await ort.InferenceSession.create(await get("model/identity.onnx")); },
+  fetch: async () => { graph = await get("model/model.onnx"); },
+  session: async (level) => { session = await ort.InferenceSession.create(graph, {
+    executionProviders: ["wasm"], graphOptimizationLevel: level,
+    freeDimensionOverrides: { batch: 1 } }); },
+  run: async (n) => { for (let i = 0; i < n; i++) await session.run({ image: new ort.Tensor(
+    "uint8", new Uint8Array(224 * 224), [1, 1, 224, 224]) }); },
+};
+document.body.dataset.ok = "1";
+"""
+
+
+def _run_queue_s(pids: list[int]) -> float:
+    """Seconds the threads of these processes spent runnable but waiting for a CPU."""
+    total = 0
+    for p in pids:
+        try:
+            for t in Path(f"/proc/{p}/task").iterdir():
+                total += int((t / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
+def steps(browser, origin: str, site: Path, pids, runs: int) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    tiny = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(tiny, site / "model" / "identity.onnx")
+    (site / "steps.html").write_text(STEPS_HTML)
+    (site / "steps.js").write_text(STEPS_JS)
+    plan = [("runtime start-up (wasm compile + init)", "steps.runtime()"),
+            ("model fetch", "steps.fetch()"), ("session", "(l) => steps.session(l)"),
+            ("first run", "steps.run(1)"), ("runs 2-6 (each)", "steps.run(5)")]
+    print("\ncold load taken apart (chromium CPU ms / wall ms per step; median of "
+          f"{runs}; a fresh context each, then a reload for the return visit):")
+    for level in ("all", "basic", "disabled"):
+        rows: dict[str, list] = {}
+        for _ in range(runs):
+            ctx = browser.new_context()
+            page = ctx.new_page()
+            for visit in ("cold", "return"):
+                if visit == "cold":
+                    page.goto(f"{origin}/site/steps.html")
+                else:
+                    page.reload()
+                page.wait_for_selector("body[data-ok]", state="attached")
+                for name, js in plan:
+                    cpu0, t = _cpu_seconds(pids()), time.perf_counter()
+                    page.evaluate(js, level) if "(l)" in js else page.evaluate(js)
+                    n = 5 if "2-6" in name else 1
+                    rows.setdefault(f"{visit}: {name}", []).append(
+                        ((_cpu_seconds(pids()) - cpu0) * 1000 / n,
+                         (time.perf_counter() - t) * 1000 / n))
+            ctx.close()
+        print(f"  graphOptimizationLevel {level!r}: " + "; ".join(
+            f"{k} {med([c for c, _ in v]):.0f}/{med([w for _, w in v]):.0f}"
+            for k, v in rows.items()), flush=True)
+
+
 def med(values) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -66,11 +141,12 @@ def cold_loads(browser, origin: str, pids, runs: int) -> list[dict]:
     for _ in range(runs):
         ctx = browser.new_context()  # fresh: no HTTP cache, no compiled-wasm cache
         page = ctx.new_page()
-        cpu0, t = _cpu_seconds(pids()), time.perf_counter()
+        cpu0, wait0, t = _cpu_seconds(pids()), _run_queue_s(pids()), time.perf_counter()
         page.goto(f"{origin}/site/")
         page.wait_for_selector("body[data-ready=true]", timeout=300_000)
         wall = (time.perf_counter() - t) * 1000
         cpu = (_cpu_seconds(pids()) - cpu0) * 1000
+        waited = (_run_queue_s(pids()) - wait0) * 1000
         parts = json.loads(page.get_attribute("#status", "data-timings"))
         # navigation start -> ready as the page's own clock saw it
         at = page.get_attribute("#status", "data-ready-at")  # (absent before the worker)
@@ -81,7 +157,8 @@ def cold_loads(browser, origin: str, pids, runs: int) -> list[dict]:
         page.reload()
         page.wait_for_selector("body[data-ready=true]", timeout=300_000)
         warm, warm_cpu = (time.perf_counter() - t) * 1000, (_cpu_seconds(pids()) - cpu0) * 1000
-        out.append({"wall": wall, "cpu": cpu, "in_page": in_page, "warm_wall": warm,
+        out.append({"wall": wall, "cpu": cpu, "waited": waited, "in_page": in_page,
+                    "warm_wall": warm,
                     "warm_cpu": warm_cpu, **parts})
         ctx.close()
     return out
@@ -153,6 +230,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="cold page loads, and passes per set")
     ap.add_argument("--images", type=int, default=20, help="images per set for per-image times")
     ap.add_argument("--worklist", type=int, default=200, help="images in the dropped folder")
+    ap.add_argument("--steps", action="store_true",
+                    help="also take a cold load apart step by step (CPU per step)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -186,17 +265,20 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the "
               f"start (other jobs included); {browser.version}, headless; model "
               f"{args.model or 'default'}", flush=True)
+        if args.steps:
+            steps(browser, origin, site, pids, args.runs)
         loads = cold_loads(browser, origin, pids, args.runs)
         print(f"\npage ready, {len(loads)} cold loads (median; min-max of wall):")
         print(f"  goto -> model loaded and warmed: wall {med([x['wall'] for x in loads]):.0f} ms "
               f"({min(x['wall'] for x in loads):.0f}-{max(x['wall'] for x in loads):.0f}); "
               f"chromium CPU {med([x['cpu'] for x in loads]):.0f} ms; in page from navigation "
-              f"start {med([x['in_page'] for x in loads]):.0f} ms")
+              f"start {med([x['in_page'] for x in loads]):.0f} ms; chromium's threads waited "
+              f"{med([x['waited'] for x in loads]):.0f} ms (summed over threads) for a CPU")
         print(f"  reload (a return visit, warm caches): wall "
               f"{med([x['warm_wall'] for x in loads]):.0f} ms; chromium CPU "
               f"{med([x['warm_cpu'] for x in loads]):.0f} ms")
-        keys = [k for k in loads[0] if k not in ("wall", "cpu", "in_page", "warm_wall",
-                                                 "warm_cpu")]
+        keys = [k for k in loads[0] if k not in ("wall", "cpu", "waited", "in_page",
+                                                 "warm_wall", "warm_cpu")]
         print("  parts of the cold load (in page, wall, ms): " + ", ".join(
             f"{k} {med([x[k] for x in loads]):.0f}" for k in keys), flush=True)
 

@@ -350,6 +350,7 @@ def test_three_class_model_with_a_storage_round_trip(browser, tmp_path, data_dir
         dp = max(dp, abs(b["probability"] - r["probability"]))
         kind = "copies" if f.is_relative_to(data_dir) else "originals"
         worst[kind] = max(worst.get(kind, 0.0), dp)
-        assert b["png"] > 1000 and max(b["heatmap"]["data"]) == 1.0
+        # scaled by its peak; all 0 where no region argues for pneumonia (some normals)
+        assert b["png"] > 1000 and max(b["heatmap"]["data"]) in (0.0, 1.0)
     print(f"etiology model, max |dp| over any class: {worst}")
     assert worst["copies"] <= TOLERANCE and worst["originals"] <= TOLERANCE
