@@ -24,7 +24,7 @@ async function handle({ id, op, blob, options }) {
       postMessage({ id, result: decoded.input }, [decoded.input.buffer]);
       return;
     }
-    const result = await scoreInput(model, decoded, t0);
+    const result = await scoreInput(model, decoded, t0, options.name);
     result.heatmap_png = null;
     if (options.explain && result.heatmap) {
       result.heatmap_png = await heatmapPng(result.heatmap, model.contract);
