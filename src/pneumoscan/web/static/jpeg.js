@@ -9,6 +9,11 @@
 // Only what pneumoscan can reproduce exactly is handled: one component, 8-bit, baseline or
 // extended Huffman (SOF0/SOF1), no EXIF rotation. Anything else returns null and the caller
 // uses the browser's decoder. Pure functions: no DOM.
+//
+// The reduced IDCT is based on the work of the Independent JPEG Group (jidctred.c, Thomas G.
+// Lane; libjpeg-turbo keeps it unchanged): its algorithm and constants, written anew in JS.
+// No npm decoder is used: jpeg-js (pdf.js's decoder) has its own IDCT and no reduced-size
+// one, so it cannot give libjpeg's draft pixels.
 
 const ZIGZAG = [0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48,
   41, 34, 27, 20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37,
