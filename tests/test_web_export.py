@@ -63,6 +63,12 @@ def page(browser, origin):
     page.close()
 
 
+# The runtime's wasm must come as application/wasm: WebAssembly.instantiateStreaming compiles
+# it while it downloads (otherwise ONNX Runtime falls back to a slower ArrayBuffer compile).
+WASM_TYPE_JS = """async () => (await fetch('ort/ort-wasm-simd-threaded.wasm', {method: 'HEAD'}))
+    .headers.get('content-type')"""
+
+
 def _subset(data: Path) -> dict[str, list[Path]]:
     """A few images of each set: every example, originals and test copies of both labels."""
     originals = data.parent / "originals" / "test"
@@ -82,6 +88,10 @@ def _url(path: Path, data_dir: Path, originals_dir: Path) -> str:
     raise ValueError(path)
 
 
+def test_static_host_serves_the_wasm_for_streaming_compilation(page):
+    assert page.evaluate(WASM_TYPE_JS) == "application/wasm"  # python -m http.server
+
+
 def test_vendored_runtime_is_the_pinned_npm_release_with_its_licence(site):
     meta = check_vendor()  # every file's sha256 as pinned
     assert meta["version"] == "1.30.0" and meta["integrity"].startswith("sha512-")
@@ -94,15 +104,38 @@ def test_vendored_runtime_is_the_pinned_npm_release_with_its_licence(site):
 
 
 def test_browser_gives_the_model_the_pixels_python_gives_it(page, data_dir, originals_dir):
-    """Decoding + draft + Pillow's resize in JS: the test copies (224 px) byte for byte; the
-    full-size originals within the rounding of JPEG draft scaling."""
+    """Decoding + draft + Pillow's resize in JS: byte for byte, the test copies (224 px) and
+    the full-size originals (large gray JPEGs: jpeg.js's reduced IDCT = libjpeg's draft)."""
     pick = _subset(data_dir)
-    files = pick["test"][:6] + pick["examples"][:6]
+    files = pick["test"][:6] + pick["examples"][:6] + pick["originals"][:4]
     got = page.evaluate(INPUTS_JS, [_url(f, data_dir, originals_dir) for f in files])
     for f, b64 in zip(files, got):
         browser = np.frombuffer(base64.b64decode(b64), np.uint8).reshape(224, 224)
-        diff = np.abs(browser.astype(int) - load_gray(f, 224))
-        if f.is_relative_to(data_dir):
+        assert np.array_equal(browser, load_gray(f, 224)), f
+
+
+def test_jpegs_jpeg_js_does_not_read_go_to_the_browsers_decoder(browser, served, data_dir):
+    """A full-size X-ray stored with restart markers (jpeg.js reads it: exact), progressive
+    or in colour (the browser's decoder + a close reduction: within a grey level or so)."""
+    from PIL import Image
+
+    origin, root = served
+    folder = root / "variants"
+    folder.mkdir()
+    with Image.open(sorted((data_dir.parent / "originals" / "test" / "NORMAL")
+                           .glob("*.jpeg"))[0]) as img:
+        assert min(img.size) >= 896  # drafted at 1/2 or less
+        img.save(folder / "restart.jpeg", quality=90, restart_marker_blocks=7)
+        img.save(folder / "progressive.jpeg", quality=90, progressive=True)
+        img.convert("RGB").save(folder / "colour.jpeg", quality=90)
+    page, _ = open_site(browser, origin)
+    files = sorted(folder.iterdir())
+    got = page.evaluate(INPUTS_JS, [f"/variants/{f.name}" for f in files])
+    page.close()
+    for f, b64 in zip(files, got):
+        browser_input = np.frombuffer(base64.b64decode(b64), np.uint8).reshape(224, 224)
+        diff = np.abs(browser_input.astype(int) - load_gray(f, 224))
+        if f.name == "restart.jpeg":
             assert diff.max() == 0, f
         else:
             assert diff.mean() < 0.3 and diff.max() <= 12, (f, diff.mean(), diff.max())
@@ -111,7 +144,8 @@ def test_browser_gives_the_model_the_pixels_python_gives_it(page, data_dir, orig
 def test_a_storage_round_trip_in_the_contract_is_applied_too(browser, served, site, data_dir,
                                                              originals_dir):
     """Preprocessing.storage_quality > 0 (a JPEG round trip after the resize): the browser's
-    libjpeg encodes and decodes as Pillow's does, byte for byte on the same 224 px input."""
+    libjpeg encodes and decodes as Pillow's does, byte for byte, on the same 224 px input
+    and after the draft of a full-size JPEG."""
     from PIL import Image
 
     origin, root = served
@@ -132,10 +166,7 @@ def test_a_storage_round_trip_in_the_contract_is_applied_too(browser, served, si
     for f, b64 in zip(pngs + examples, got):
         browser_input = np.frombuffer(base64.b64decode(b64), np.uint8).reshape(224, 224)
         diff = np.abs(browser_input.astype(int) - load_gray(f, 224, storage_quality=75))
-        if f.suffix == ".png":
-            assert diff.max() == 0, f
-        else:  # the draft's rounding moves a few DCT coefficients across a quantization step
-            assert diff.mean() < 0.6, (f, diff.mean(), diff.max())
+        assert diff.max() == 0, f
 
 
 def test_scores_equal_pneumoscan_predict(page, data_dir, originals_dir):
@@ -201,6 +232,8 @@ def batch_folder(tmp_path) -> Path:
 
 def test_worklist_of_a_dropped_folder_in_triage_order_with_csv(page, batch_folder):
     images = sorted(p for p in batch_folder.rglob("*.jpeg"))
+    # The model runs in the page's Web Worker (the page stays responsive during a batch).
+    assert [w.url.rsplit("/", 2)[-2:] for w in page.workers] == [["app", "worker.js"]]
     page.set_input_files("#folder", str(batch_folder))
     page.wait_for_selector("#progress-line[data-state=done]", timeout=300_000)
     assert "Not for clinical use" in page.inner_text("#disclaimer")
@@ -262,6 +295,7 @@ def test_serve_offers_the_same_page_with_a_switch(browser, site, tmp_path):
         page.click("#mode-local")
         page.wait_for_selector("body[data-ready=true]", timeout=120_000)
         assert page.url == f"{url}/local/" and page.is_visible("#mode-switch")
+        assert page.evaluate(WASM_TYPE_JS) == "application/wasm"  # streaming compilation
         page.set_input_files("#files", str(EXAMPLES / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg"))
         page.wait_for_selector("#progress-line[data-state=done]", timeout=60_000)
         assert page.inner_text("#worklist tbody tr td.label") == "NORMAL"
@@ -300,7 +334,7 @@ def test_three_class_model_with_a_storage_round_trip(browser, tmp_path, data_dir
     assert contract["labels"] == ["NORMAL", "BACTERIAL", "VIRAL"]
     assert contract["preprocessing"]["storage_quality"] == 75
     pick = _subset(data_dir)
-    files = pick["examples"][::4] + pick["test"][::5]
+    files = pick["examples"][::4] + pick["originals"] + pick["test"][::5]
     root = serve_root(tmp_path / "root", site, examples=EXAMPLES, data=data_dir,
                       originals=originals_dir)
     with static_server(root) as origin:
@@ -318,10 +352,7 @@ def test_three_class_model_with_a_storage_round_trip(browser, tmp_path, data_dir
         dp = max(dp, abs(b["probability"] - r["probability"]))
         kind = "copies" if f.is_relative_to(data_dir) else "originals"
         worst[kind] = max(worst.get(kind, 0.0), dp)
-        assert b["png"] > 1000 and max(b["heatmap"]["data"]) == 1.0
+        # scaled by its peak; all 0 where no region argues for pneumonia (some normals)
+        assert b["png"] > 1000 and max(b["heatmap"]["data"]) in (0.0, 1.0)
     print(f"etiology model, max |dp| over any class: {worst}")
-    assert worst["copies"] <= TOLERANCE
-    # Known gap (docs/browser.md): what is left of a full-size original's draft rounding
-    # (reduceJpeg: ~1.5% of reduced pixels off by one) moves some DCT coefficients across a
-    # q75 quantization step in the round trip (measured 0.018).
-    assert worst["originals"] <= 3 * TOLERANCE
+    assert worst["copies"] <= TOLERANCE and worst["originals"] <= TOLERANCE

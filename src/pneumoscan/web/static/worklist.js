@@ -1,6 +1,7 @@
 // The worklist page: drop files or folders, score them one by one on this computer, keep a
 // table in triage order, show a row's X-ray with its heatmap, download the table as CSV.
-import { createApi, decode, heatmapImageData, scoreInput, ScoreError } from "./pneumoscan.js";
+import { heatmapImageData } from "./heatmap.js";
+import { createApi, ScoreError } from "./pneumoscan.js";
 
 const $ = (id) => document.getElementById(id);
 const api = createApi();
@@ -8,13 +9,14 @@ window.pneumoscan = api;
 
 const rows = []; // {name, file, result | null, error | null}
 const queue = [];
-let running = false, done = 0, total = 0, failed = 0, shown = null;
+let running = false, painting = false, done = 0, total = 0, failed = 0, shown = null;
 
 api.ready.then((model) => {
   $("status").textContent = `Model ${model.contract.model.name} ready in ${Math.round(model.loadMs)} ms. ` +
     "Images are read and scored in this browser; nothing leaves this computer.";
   $("status").dataset.state = "ready";
   $("status").dataset.loadMs = String(model.loadMs);
+  $("status").dataset.readyAt = String(performance.now()); // since navigation start
   $("status").dataset.timings = JSON.stringify(model.timings);
   document.body.dataset.ready = "true";
   if (model.contract.server) $("mode-switch").hidden = false;
@@ -34,29 +36,29 @@ function add(files) {
 async function run() {
   running = true;
   $("progress-line").hidden = false;
-  const model = await api.ready;
-  // Decoding (off the main thread in the browser) of the next file overlaps the model run.
-  const start = (job) => decode(job.file, job.name, model.contract.preprocessing).then(
-    (d) => ({ job, d }), (e) => ({ job, e }));
+  await api.ready;
+  // The worker scores one file after another; the next is sent before the current one
+  // returns, so it never waits for this thread.
+  const start = (job) => api.score(job.file, { name: job.name }).then(
+    (result) => ({ job, result }), (e) => ({ job, e }));
   let next = queue.length ? start(queue.shift()) : null;
   while (next) {
-    const t0 = performance.now();
-    const { job, d, e } = await next;
+    const { job, result, e } = await next;
     next = queue.length ? start(queue.shift()) : null;
-    const row = { name: job.name, file: job.file, result: null, error: null };
-    try {
-      if (e) throw e;
-      row.result = await scoreInput(model, d, t0, job.name);
-    } catch (err) {
-      row.error = err instanceof ScoreError ? err.message : `${job.name}: ${err}`;
+    const row = { name: job.name, file: job.file, result: result || null, error: null };
+    if (e) {
+      row.error = e instanceof ScoreError ? e.message : `${job.name}: ${e.message}`;
       failed += 1;
     }
     rows.push(row);
     done += 1;
-    render();
-    await new Promise((r) => setTimeout(r, 0)); // let the page paint between images
+    if (!painting) { // redraw the table at most ~5 times a second during a batch
+      painting = true;
+      setTimeout(() => { painting = false; render(); }, 200);
+    }
   }
   running = false;
+  render();
   $("progress-line").dataset.state = "done";
 }
 
