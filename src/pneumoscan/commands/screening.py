@@ -121,7 +121,8 @@ def cmd_serve(args) -> int:
     from ..serve.app import Settings, load_predictor, serve
 
     settings = Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
-                        runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20))
+                        runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                        max_pixels=int(args.max_megapixels * 1e6))
     if not is_ensemble(args.model):
         resolve(args.model)  # a missing model is a usage error now, not a failed start-up
     if args.runtime == "onnx":
