@@ -35,7 +35,7 @@ __all__ = ["MAX_PIXELS", "ImageError", "declared_pixels", "is_dicom", "load_gray
 def _to_gray8(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit gray. 16-bit and float images are stretched over their own range."""
     if img.mode in ("I;16", "I;16B", "I;16L"):
-        return Image.fromarray(_stretch16(np.asarray(img)))
+        return _stretch16(img)
     if img.mode in ("I", "F"):
         a = np.asarray(img, dtype=np.float32)
         lo, hi = float(a.min()), float(a.max())
@@ -48,15 +48,16 @@ def _to_gray8(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def _stretch16(a: np.ndarray) -> np.ndarray:
-    """uint16 (H, W) stretched over its own range to uint8 through a 65,536-entry table: the
-    float32 arithmetic of the I/F path on each value, without a float copy of the image
-    (a 100 Mpx 16-bit PNG took 1.5 GB that way)."""
-    lo, hi = float(a.min()), float(a.max())
+def _stretch16(img: Image.Image) -> Image.Image:
+    """A 16-bit image stretched over its own range to 8 bits through a 65,536-entry table:
+    the float32 arithmetic of the I/F path on each value, done by Pillow in C without a
+    numpy or float copy of the image (a 100 Mpx 16-bit PNG took 1.5 GB that way)."""
+    lo, hi = img.getextrema()
     if hi <= lo:
-        return np.zeros(a.shape, np.uint8)
+        return Image.new("L", img.size, 0)
     table = (np.arange(65536, dtype=np.float32) - lo) * (255.0 / (hi - lo))
-    return np.round(np.clip(table, 0, 255)).astype(np.uint8)[a]
+    return img.convert("I").point(np.round(np.clip(table, 0, 255)).astype(np.uint8).tolist(),
+                                  "L")
 
 
 def is_dicom(path: str | Path | BinaryIO) -> bool:

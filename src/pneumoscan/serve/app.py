@@ -37,7 +37,16 @@ from ..inference.runtime import make_predictor
 from ..web.build import site_for_server
 from .batcher import MicroBatcher
 from .middleware import AccessLog, BodyLimit
-from .uploads import DICOM, JPEG, PNG, UploadError, decode, is_heavy, release_memory
+from .uploads import (
+    DICOM,
+    JPEG,
+    PNG,
+    UploadError,
+    decode,
+    is_heavy,
+    lower_priority,
+    release_memory,
+)
 
 log = logging.getLogger("pneumoscan.serve")
 SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to workers
@@ -103,7 +112,8 @@ class Service:
         # Inference runs in micro-batches on one thread.
         self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                             thread_name_prefix="decode")
-        self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-large")
+        self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-large",
+                                         initializer=lower_priority)
         # Each row: (probability, OOD score or NaN, each class's probability), from one
         # forward pass.
         self._batcher = MicroBatcher(

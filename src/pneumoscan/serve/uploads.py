@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import io
+import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +66,16 @@ def is_heavy(data: bytes) -> bool:
     The server decodes such uploads one at a time, beside the others."""
     pixels = declared_pixels(io.BytesIO(data))
     return pixels is None or pixels > HEAVY_PIXELS
+
+
+def lower_priority(by: int = 10) -> None:
+    """Lower the calling thread's CPU priority (Linux: a thread has its own nice value), so
+    that a large decode yields the cores to ordinary requests. No-op where unsupported."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except (AttributeError, OSError):
+        pass
 
 
 def release_memory() -> None:
