@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--max-upload-mb", type=float, default=20, help="413 above this body size")
+    p.add_argument("--max-megapixels", type=float, default=36,
+                   help="422 for an image declaring more pixels, before decoding it (default "
+                        "36: 6,000 x 6,000, above any X-ray detector)")
     p.add_argument("--runtime", choices=("torch", "onnx", "auto"), default="auto",
                    help="auto (default): the model's ONNX graph (shipped with the package, or "
                         "the one `pneumoscan predict` exported and checked), else torch; or "

@@ -124,6 +124,7 @@ def cmd_serve(args) -> int:
         if args.allowed_hosts else None
     settings = Settings(model=args.model, host=args.host, port=args.port, workers=args.workers,
                         runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                        max_pixels=int(args.max_megapixels * 1e6),
                         allowed_hosts=hosts, api_key=os.environ.get(API_KEY_ENV) or None,
                         header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     try:

@@ -20,3 +20,7 @@ class NeedsTrainingExtra(RuntimeError):
         super().__init__(f"{what} needs the training extra ({missing} is not installed): "
                          f"{TRAIN_EXTRA}")
         self.missing = missing
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used; the message names the file and the problem."""

@@ -2,7 +2,9 @@
 
 Both hold the same uint8 (N, S, S) images, decoded once in chunks by transforms.load_many.
 The disk cache is named by a key over the images' sha256s, size and interpolation, so a run
-with the same data (or a resumed one) reuses it; anything else gets a new file.
+with the same data (or a resumed one) reuses it; anything else gets a new file. A cache is
+reused only when its size, index and checksum match (_verify); otherwise it is rebuilt with
+a warning, never trained on.
 """
 
 from __future__ import annotations
@@ -87,18 +89,59 @@ def _memory(records, size, interpolation):
 def _disk(records, size, interpolation, cache_dir: Path):
     key = cache_key(records, size, interpolation)
     data, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
+    meta = None
     if data.is_file() and meta_path.is_file():  # meta is written last: its presence = complete
-        meta = json.loads(meta_path.read_text(encoding="utf-8", errors="surrogateescape"))
-        log.info("reusing decoded-image cache %s", data)
-    else:
-        meta = _build(records, size, interpolation, data, meta_path)
+        problem, meta = _verify(data, meta_path, key, len(records), size, interpolation)
+        if problem:
+            log.warning("decoded-image cache %s is not usable (%s): rebuilding it", data,
+                        problem)
+            meta = None
+        else:
+            log.info("reusing decoded-image cache %s", data)
+    if meta is None:
+        meta = _build(records, size, interpolation, data, meta_path, key)
     n = len(meta["ok"])
     images = (np.memmap(data, np.uint8, mode="c", shape=(n, size, size)) if n
               else np.zeros((0, size, size), np.uint8))
     return images, meta["ok"], meta["errors"]
 
 
-def _build(records, size, interpolation, data: Path, meta_path: Path) -> dict:
+def _digest(data: Path, ok: list[int]) -> str:
+    """sha256 of the images and of their index (which record each image is)."""
+    with open(data, "rb") as f:
+        h = hashlib.file_digest(f, "sha256")
+    h.update(json.dumps(ok).encode())
+    return h.hexdigest()
+
+
+def _verify(data: Path, meta_path: Path, key: str, n: int, size: int, interpolation: str
+            ) -> tuple[str | None, dict | None]:
+    """(None, meta) for a cache that is what its index says, else (the problem, None): a
+    truncated or overwritten file, an index cut short or corrupt, another build's index.
+    Reading it back costs about a second per GB; a wrong cache costs a training run."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8", errors="surrogateescape"))
+        ok, errors = meta["ok"], meta["errors"]
+        expected = {"key": key, "size": size, "interpolation": interpolation, "n": n}
+        wrong = [k for k, v in expected.items() if meta.get(k) != v]
+        if wrong:
+            return f"its index was written for other settings ({', '.join(wrong)})", None
+        if not (isinstance(ok, list) and isinstance(errors, list)
+                and all(isinstance(i, int) for i in ok) and ok == sorted(set(ok))
+                and (not ok or 0 <= ok[0] and ok[-1] < n) and len(ok) + len(errors) == n):
+            return "its index does not list each image once", None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable index {meta_path.name}: {type(e).__name__}", None
+    actual = data.stat().st_size
+    if actual != len(ok) * size * size:
+        return (f"{actual:,} bytes, but its index lists {len(ok)} images of {size}x{size} = "
+                f"{len(ok) * size * size:,} bytes"), None
+    if _digest(data, ok) != meta.get("sha256"):
+        return "its checksum does not match: the file was changed after it was written", None
+    return None, meta
+
+
+def _build(records, size, interpolation, data: Path, meta_path: Path, key: str) -> dict:
     """Append each decoded chunk to a temporary file, then rename: memory stays at one chunk,
     and a killed build leaves no file that looks complete."""
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +152,9 @@ def _build(records, size, interpolation, data: Path, meta_path: Path) -> dict:
             f.write(arr.tobytes())
             ok += ok_c
             errors += err_c
+    meta = {"key": key, "size": size, "interpolation": interpolation, "n": len(records),
+            "ok": ok, "errors": errors, "sha256": _digest(tmp, ok)}
     os.replace(tmp, data)
-    meta = {"size": size, "interpolation": interpolation, "n": len(records), "ok": ok,
-            "errors": errors}
     tmp_meta = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
     tmp_meta.write_text(json.dumps(meta), encoding="utf-8", errors="surrogateescape")
     os.replace(tmp_meta, meta_path)

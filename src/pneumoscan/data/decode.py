@@ -7,12 +7,16 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..core.errors import ImageError
+from . import dicom_pixels
 
 log = logging.getLogger(__name__)
 
@@ -23,24 +27,16 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 # MAX_IMAGE_PIXELS, still applies above this; pass max_pixels to load_gray to go lower.
 MAX_PIXELS = 100_000_000
 
-# The only DICOM tags read: the pixel data and what is needed to display it. Patient and
-# study tags are never parsed, so they cannot reach a message, a warning, a log or an output.
-_DICOM_TAGS = [
-    "SpecificCharacterSet", "Modality", "SamplesPerPixel", "PhotometricInterpretation",
-    "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns", "BitsAllocated", "BitsStored",
-    "HighBit", "PixelRepresentation", "PixelPaddingValue", "WindowCenter", "WindowWidth",
-    "VOILUTFunction", "RescaleIntercept", "RescaleSlope", "RescaleType", "ModalityLUTSequence",
-    "VOILUTSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "FloatPixelData",
-    "DoubleFloatPixelData", "PixelData"]
-
-
-class ImageError(ValueError):
-    """An input image that cannot be used; the message names the file and the problem."""
+# (ImageError lives in core.errors, so that any layer can raise it; it is re-exported here.)
+__all__ = ["MAX_PIXELS", "ImageError", "declared_pixels", "is_dicom", "load_gray",
+           "load_gray_original", "load_many", "store_as_jpeg"]
 
 
 def _to_gray8(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit gray. 16-bit and float images are stretched over their own range."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        return _stretch16(img)
+    if img.mode in ("I", "F"):
         a = np.asarray(img, dtype=np.float32)
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
@@ -50,6 +46,18 @@ def _to_gray8(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("L")
+
+
+def _stretch16(img: Image.Image) -> Image.Image:
+    """A 16-bit image stretched over its own range to 8 bits through a 65,536-entry table:
+    the float32 arithmetic of the I/F path on each value, done by Pillow in C without a
+    numpy or float copy of the image (a 100 Mpx 16-bit PNG took 1.5 GB that way)."""
+    lo, hi = img.getextrema()
+    if hi <= lo:
+        return Image.new("L", img.size, 0)
+    table = (np.arange(65536, dtype=np.float32) - lo) * (255.0 / (hi - lo))
+    return img.convert("I").point(np.round(np.clip(table, 0, 255)).astype(np.uint8).tolist(),
+                                  "L")
 
 
 def is_dicom(path: str | Path | BinaryIO) -> bool:
@@ -66,75 +74,6 @@ def is_dicom(path: str | Path | BinaryIO) -> bool:
     except (OSError, ValueError):
         return False
     return len(head) == 132 and head[128:] == b"DICM"
-
-
-def _dicom_to_gray8(path: str | Path | BinaryIO, name: str, max_pixels: int) -> Image.Image:
-    """One DICOM frame -> 8-bit gray, displayed as a radiologist's viewer would: Modality LUT
-    (rescale slope/intercept), then VOI LUT or window, then MONOCHROME1 inverted."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path, force=True, specific_tags=_DICOM_TAGS)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as e:
-        raise ImageError(f"{name}: not a readable DICOM file ({type(e).__name__})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageError(f"{name}: DICOM file holds no image (no pixel data)")
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-    except (AttributeError, TypeError, ValueError):
-        raise ImageError(f"{name}: DICOM file lacks a valid image size") from None
-    if frames > 1:
-        raise ImageError(f"{name}: multi-frame DICOM ({frames} frames) is not supported; "
-                         f"export the single radiograph")
-    if rows * cols > max_pixels:
-        raise ImageError(f"{name}: image too large ({cols}x{rows} pixels, limit {max_pixels})")
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    syntax_name = getattr(syntax, "name", None) or str(syntax or "unknown")
-    try:
-        arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as e:
-        if syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed:
-            raise ImageError(f"{name}: cannot decode DICOM transfer syntax {syntax_name} "
-                             f"({syntax}) with the installed pixel data handlers") from None
-        raise ImageError(f"{name}: cannot decode DICOM pixel data ({type(e).__name__})") from None
-    except (ValueError, AttributeError, TypeError, KeyError, OSError, EOFError) as e:
-        raise ImageError(f"{name}: corrupt DICOM pixel data ({syntax_name}, "
-                         f"{type(e).__name__})") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3:  # colour (RGB after pydicom's YBR conversion): no LUTs apply
-        return _to_gray8(Image.fromarray(arr.astype(np.uint8), "RGB"))
-    if arr.ndim != 2:
-        raise ImageError(f"{name}: unexpected DICOM pixel array shape {arr.shape}")
-    try:
-        return _dicom_display(arr, ds, photometric)
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError,
-            NotImplementedError) as e:
-        raise ImageError(f"{name}: invalid DICOM display settings (rescale, window or VOI "
-                         f"LUT: {type(e).__name__})") from None
-
-
-def _dicom_display(arr: np.ndarray, ds, photometric: str) -> Image.Image:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
-
-    with np.errstate(over="ignore", invalid="ignore"):
-        a = apply_modality_lut(arr, ds).astype(np.float64)
-        if ds.get("VOILUTSequence"):
-            a = apply_voi_lut(np.rint(a).astype(np.int64), ds).astype(np.float64)
-            lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-        elif "WindowCenter" in ds and "WindowWidth" in ds:
-            a = apply_windowing(a, ds)
-            lo, hi = apply_windowing(np.array([-1e300, 1e300]), ds)  # the output range
-        elif int(ds.BitsStored) == 8 and "RescaleSlope" not in ds:
-            lo, hi = 0.0, 255.0  # 8-bit values are already display values
-        else:  # no display transform stored: stretch over the image's own range, as viewers do
-            lo, hi = float(a.min()), float(a.max())
-    a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-    gray = np.round(np.clip(a, 0, 255)).astype(np.uint8)
-    if photometric == "MONOCHROME1":  # 0 is white: invert to the usual MONOCHROME2
-        gray = 255 - gray
-    return Image.fromarray(gray)
 
 
 def store_as_jpeg(gray: Image.Image, quality: int) -> Image.Image:
@@ -179,6 +118,22 @@ def load_gray_original(path: str | Path | BinaryIO, name: str | None = None,
     return np.asarray(_decode_gray(path, name, None, max_pixels), dtype=np.uint8)
 
 
+def _check_file(path: Path, name: str) -> None:
+    """What a path is when it is no image file: a folder (folders are expanded to their
+    images before decoding, so one that arrives here holds none or cannot be read), or a
+    FIFO, socket or device (opening a FIFO blocks until a writer comes: never open one)."""
+    if path.is_dir():
+        try:
+            os.scandir(path).close()
+        except PermissionError:
+            raise ImageError(f"{name}: unreadable folder (permission denied), skipped") from None
+        except OSError as e:
+            raise ImageError(f"{name}: unreadable folder ({e.strerror}), skipped") from None
+        raise ImageError(f"{name}: folder holds no image files")
+    if path.exists() and not path.is_file():
+        raise ImageError(f"{name}: not a regular file (a FIFO, socket or device)")
+
+
 def _decode_gray(path, name: str | None, draft: tuple[int, int] | None,
                  max_pixels: int) -> Image.Image:
     if name is None:
@@ -186,14 +141,12 @@ def _decode_gray(path, name: str | None, draft: tuple[int, int] | None,
     if isinstance(name, bytes):
         name = name.decode(errors="replace")
     try:
-        if isinstance(path, str | Path) and Path(path).exists() and not Path(path).is_file() \
-                and not Path(path).is_dir():
-            # opening a FIFO blocks until a writer comes: never open what is not a file
-            raise ImageError(f"{name}: not a regular file (a FIFO, socket or device)")
+        if isinstance(path, str | Path):
+            _check_file(Path(path), name)
         if isinstance(path, str | Path) and Path(path).is_file() and Path(path).stat().st_size == 0:
             raise ImageError(f"{name}: empty file (0 bytes)")
         if is_dicom(path) or (isinstance(path, str | Path) and Path(path).suffix.lower() == ".dcm"):
-            gray = _dicom_to_gray8(path, name, max_pixels)
+            gray = dicom_pixels.to_gray8(path, name, max_pixels)
         else:
             # (warnings.catch_warnings is not thread-safe, and load_many decodes in threads:
             # PIL's DecompressionBombWarning above 89 Mpx is left as it is.)
@@ -225,6 +178,15 @@ def _decode_gray(path, name: str | None, draft: tuple[int, int] | None,
         if getattr(e, "errno", None) == errno.ELOOP:
             raise ImageError(f"{name}: symbolic link loop") from None
         raise ImageError(f"{name}: cannot decode image ({e})") from None
+    except RecursionError:  # e.g. a DICOM of 50,000 nested sequences
+        raise ImageError(f"{name}: cannot decode: its structure is nested too deeply") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode this image") from None
+    except Exception as e:  # noqa: BLE001 - whatever a codec raises on one file is that
+        # file's error, never the batch's, the request's or the training run's. The type
+        # only: a DICOM library's message may quote a header value.
+        log.debug("decoding %s failed", name, exc_info=True)
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__})") from None
 
 
 def load_many(paths, size: int, interpolation: str = "bilinear", threads: int = 4,
@@ -247,3 +209,20 @@ def load_many(paths, size: int, interpolation: str = "bilinear", threads: int = 
     errors = {i: str(r) for i, r in enumerate(results) if isinstance(r, ImageError)}
     arr = np.stack([results[i] for i in ok]) if ok else np.zeros((0, size, size), np.uint8)
     return arr, ok, errors
+
+
+def declared_pixels(source: BinaryIO) -> int | None:
+    """The pixel count an image's header declares (width x height; DICOM rows x columns x
+    frames x samples), read without decoding; None when it cannot be known cheaply (a deflated
+    DICOM must be inflated first) or the header is unreadable. The file object is left where
+    it was. For scheduling only: decoding checks the limits itself."""
+    pos = source.tell()
+    try:
+        if is_dicom(source):
+            return dicom_pixels.declared_pixels(source)
+        with Image.open(source) as img:
+            return img.width * img.height
+    except Exception:  # noqa: BLE001 - unreadable: decoding reports why
+        return None
+    finally:
+        source.seek(pos)

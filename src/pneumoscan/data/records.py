@@ -95,6 +95,8 @@ def find_root(data_dir: str | Path) -> Path:
 
 def _sha256(path: Path) -> str:
     """The file's sha256, or "" when it cannot be read (decoding later reports why)."""
+    if not path.is_file():  # opening a FIFO would wait for a writer forever
+        return ""
     try:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
@@ -113,6 +115,40 @@ def is_image_file(path: Path) -> bool:
     return (suffix == "" or suffix[1:].isdigit()) and path.is_file() and is_dicom(path)
 
 
+def _reported(path: Path) -> bool:
+    """An entry that is no image file but must not vanish silently: a FIFO, socket or device,
+    a broken or looping symbolic link. Decoding names it with its problem."""
+    return not path.name.startswith(".") and not path.is_file() and not path.is_dir()
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The image files of one folder (not recursive), sorted, with the entries decoding must
+    report (_reported); an unreadable folder is itself the one entry (reported as such)."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return [folder]
+    return [p for p in children if "__MACOSX" not in p.parts
+            and ((p.is_file() and is_image_file(p)) or _reported(p))]
+
+
+def walk_images(folder: str | Path) -> list[str]:
+    """Every image file under `folder` (recursively, sorted, symbolic links to folders not
+    followed), plus each entry decoding must report rather than drop: FIFOs, sockets,
+    devices, broken or looping symbolic links (_reported) and unreadable subfolders."""
+    found: list[str] = []
+
+    def unreadable(error: OSError) -> None:
+        found.append(error.filename)
+
+    for root, _, names in os.walk(folder, onerror=unreadable):
+        for name in names:  # os.walk lists FIFOs, devices and looping links as files
+            p = Path(root) / name
+            if (p.is_file() and is_image_file(p)) or _reported(p):
+                found.append(str(p))
+    return sorted(found)
+
+
 def scan(data_dir: str | Path) -> list[Record]:
     """Every image under {train,val,test}/{NORMAL,PNEUMONIA}/, sorted by path, with sha256."""
     root = find_root(data_dir)
@@ -122,11 +158,7 @@ def scan(data_dir: str | Path) -> list[Record]:
             d = root / folder / label
             if not d.is_dir():
                 continue
-            for p in sorted(d.iterdir()):
-                # Symlinks stay in even when broken or looping, so that they get reported.
-                usable = p.is_file() or p.is_symlink()
-                if not usable or not is_image_file(p) or "__MACOSX" in p.parts:
-                    continue
+            for p in _entries(d):
                 patient, etiology = parse_name(p.name, label)
                 records.append(Record(str(p), split, label, etiology, patient, _sha256(p)))
     if not any(r.split == "train" for r in records):

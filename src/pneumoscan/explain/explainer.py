@@ -121,7 +121,7 @@ class Explainer:
              probability, class_probs, ood_score) -> Explanation:
         e = Explanation(str(path), method, target)
         if error is not None:
-            e.error = (f"{path}: folder holds no image files" if Path(path).is_dir() else error)
+            e.error = error
             return e
         try:
             e.image = load_gray_original(path)

@@ -17,7 +17,7 @@ import numpy as np
 from ..core import decisions
 from ..core.contract import Checkpoint
 from ..data.decode import load_many
-from ..data.records import is_image_file
+from ..data.records import walk_images
 from .ood import scores as ood_scores
 
 
@@ -81,15 +81,14 @@ class Backend(Protocol):
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
-    """Files stay as given; folders become their image files (recursively, sorted).
-    A folder without images yields an entry whose decoding reports the problem."""
+    """Files stay as given; folders become their image files (recursively, sorted) and the
+    entries decoding must report by name (records.walk_images: FIFOs, devices, looping
+    links, unreadable subfolders). A folder without images yields an entry whose decoding
+    reports the problem."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            # image files, and FIFOs, sockets and devices so that decoding reports them by name
-            found = sorted(str(f) for f in p.rglob("*")
-                           if (is_image_file(f) if f.is_file() else f.exists() and not f.is_dir()))
-            out.extend(found or [str(p)])
+            out.extend(walk_images(p) or [str(p)])
         else:
             out.append(str(p))
     return out
@@ -202,11 +201,8 @@ class Predictor:
                 arr, ok, errors = pending.result()
                 if k + 1 < len(starts):
                     pending = pool.submit(decode, starts[k + 1])
-                chunk = paths[start:start + batch_size]
                 for j, message in errors.items():
-                    is_dir = Path(chunk[j]).is_dir()
-                    results[start + j].error = (f"{chunk[j]}: folder holds no image files"
-                                                if is_dir else message)
+                    results[start + j].error = message
                 for j, prob, cls, score in zip(ok, *self.class_scores(arr, batch_size)):
                     results[start + j] = self.prediction(paths[start + j], prob, cls, score)
         return results

@@ -39,7 +39,16 @@ from . import errors
 from .batcher import MicroBatcher
 from .guard import HostCheck, allowed_hosts, api_key_dependency
 from .middleware import AccessLog, BodyLimit, PagesStayLocal
-from .uploads import DICOM, JPEG, PNG, UploadError, decode
+from .uploads import (
+    DICOM,
+    JPEG,
+    PNG,
+    UploadError,
+    decode,
+    is_heavy,
+    lower_priority,
+    release_memory,
+)
 
 log = logging.getLogger("pneumoscan.serve")
 STATIC = Path(str(resources.files("pneumoscan.serve") / "static"))
@@ -57,7 +66,10 @@ class Settings:
     Args:
         model: run folder or model.json; None serves the shipped model.
         max_upload_bytes: larger request bodies get 413 before they are read in full.
-        max_pixels: images whose header declares more pixels get 422 (decompression bombs).
+        max_pixels: images whose header declares more pixels get 422 before any pixel is
+            decoded (decompression bombs). 36 Mpx (6,000 x 6,000) is well above any X-ray
+            detector (43 cm at 0.1 mm is 4,300 px) and keeps the costliest accepted upload,
+            a 16-bit image just under it, to about a second and 0.3 GB here.
         max_batch_files: most files in one POST /v1/predict/batch.
         host, port, workers: where and how uvicorn listens.
         allowed_hosts: Host header names answered (guard.allowed_hosts: by default none is
@@ -76,7 +88,7 @@ class Settings:
     model: str | None = None
     runtime: str = "auto"
     max_upload_bytes: int = 20 * 2**20
-    max_pixels: int = 100_000_000
+    max_pixels: int = 36_000_000
     max_batch_files: int = 64
     host: str = "127.0.0.1"
     port: int = 8000
@@ -104,10 +116,14 @@ class Service:
             "checkpoint_sha256": contract.file_sha256(pinned),
             "runtime": predictor.runtime}
         # Decoding runs on a few threads of its own (PIL releases the GIL): as many as there
-        # are cores, not one per waiting request, which only adds memory. Inference runs in
-        # micro-batches on one thread.
+        # are cores, not one per waiting request, which only adds memory. Large images
+        # (uploads.is_heavy) decode one at a time on a thread of their own, so that a few
+        # of them never hold the others up, nor hold more than one image's memory at once.
+        # Inference runs in micro-batches on one thread.
         self._decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                             thread_name_prefix="decode")
+        self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-large",
+                                         initializer=lower_priority)
         # Each row: (probability, OOD score or NaN, each class's probability), from one
         # forward pass.
         self._batcher = MicroBatcher(
@@ -119,10 +135,17 @@ class Service:
         self._explain_lock = threading.Lock()
 
     async def decode(self, data: bytes, name: str) -> np.ndarray:
-        s = self.settings
-        job = self._decoders.submit(decode, data, name, self.ckpt.preprocessing,
-                                    s.max_pixels)
-        return await asyncio.wrap_future(job)
+        heavy = await asyncio.wrap_future(self._decoders.submit(is_heavy, data))
+        if not heavy:
+            return await asyncio.wrap_future(self._decoders.submit(
+                decode, data, name, self.ckpt.preprocessing, self.settings.max_pixels))
+        return await asyncio.wrap_future(self._heavy.submit(self._decode_large, data, name))
+
+    def _decode_large(self, data: bytes, name: str) -> np.ndarray:
+        try:
+            return decode(data, name, self.ckpt.preprocessing, self.settings.max_pixels)
+        finally:
+            release_memory()
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8 -> (N, 2 + K): probability, OOD score (NaN without a gate) and the
@@ -132,6 +155,7 @@ class Service:
     def close(self) -> None:
         self._batcher.close()
         self._decoders.shutdown(wait=True)
+        self._heavy.shutdown(wait=True)
 
     def result(self, row: np.ndarray, name: str) -> dict:
         """The REST form of one scored image: the Prediction `pneumoscan predict` builds from
