@@ -23,7 +23,13 @@ from .commands.training import (
     cmd_train,
 )
 from .core.config import ConfigError
-from .core.errors import CheckpointError, ExportError, NeedsTrainingExtra
+from .core.errors import (
+    CheckpointError,
+    ExportError,
+    ModelUnavailable,
+    NeedsTrainingExtra,
+    describe_os_error,
+)
 from .data import DatasetNotFound, ManifestError
 
 # Packages of the training extra: a verb that imports one in an inference-only install says
@@ -43,10 +49,11 @@ def _manifest_arg(p: argparse.ArgumentParser) -> None:
                         "instead of --data; relative paths are from the CSV's folder")
 
 
-def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="run folder or its model.json, or an ensemble folder (default: the "
-                        "shipped model)")
+def _model_arg(p: argparse.ArgumentParser, ensemble: bool = True,
+               default: str = "the shipped model") -> None:
+    what = ("run folder or its model.json, or an ensemble folder" if ensemble else
+            "one run folder or its model.json, not an ensemble")
+    p.add_argument("--model", default=None, help=f"{what} (default: {default})")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept a .pt/.ckpt pickle as --model, read weights-only (trusted "
                         "files only; model.json beside it still gives the contract)")
@@ -134,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "With --site: a threshold for a new site, written "
                                          "into a new run folder")
     _data_arg(p)
-    _model_arg(p)
+    _model_arg(p, ensemble=False, default="none, it is required; with --site: the shipped "
+                                          "model, which is read, never modified")
     p.add_argument("--site", default=None, metavar="DIR",
                    help="labelled images of your site in DIR/NORMAL and DIR/PNEUMONIA: set the "
                         "threshold that keeps --target-sensitivity with --confidence on them "
@@ -149,12 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit-ood", help="fit the out-of-distribution gate on train/val; "
                                        "writes ood.safetensors and rewrites model.json")
     _data_arg(p)
-    _model_arg(p)
+    _model_arg(p, ensemble=False, default="none, it is required: a shipped model is never modified")
     p.add_argument("--target-false-reject", type=float, default=0.005,
                    help="share of val X-rays allowed above the threshold (default 0.005)")
 
     p = sub.add_parser("model-card", help="write a model card from a report's metrics.json")
-    _model_arg(p)
+    _model_arg(p, ensemble=False)
     p.add_argument("--metrics", required=True,
                    help="metrics.json written by 'pneumoscan evaluate --report'")
     p.add_argument("--out", default="MODEL_CARD.md", help="Markdown file to write")
@@ -181,14 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam")
     p.add_argument("--out", default="explanations", help="folder for the PNGs (and .npy)")
-    _model_arg(p)
+    _model_arg(p, ensemble=False)
     p.add_argument("--save-npy", action="store_true",
                    help="also write the raw map (original size, float32 in [0, 1]) as .npy")
     _dicom_out_arg(p)
 
     p = sub.add_parser("export", help="export a model to ONNX (+ INT8), parity-checked")
     _data_arg(p)
-    _model_arg(p)
+    _model_arg(p, ensemble=False)
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", default="model.onnx", help="the .onnx file to write")
     p.add_argument("--int8", action="store_true",
@@ -256,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError,
-            NeedsTrainingExtra) as e:
+            ModelUnavailable, NeedsTrainingExtra) as e:
         print(f"pneumoscan {args.command}: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as e:  # a folder that cannot be written, a full disk, a missing file
+        print(f"pneumoscan {args.command}: {describe_os_error(e)}", file=sys.stderr)
         return USAGE_ERROR
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] not in TRAIN_ONLY:

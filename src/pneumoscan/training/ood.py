@@ -21,6 +21,7 @@ from torch import nn
 from ..data import load_records
 from ..data.decode import load_many
 from ..data.runs import split_of_run
+from ..evaluation import meaningful
 from ..inference.ood import scores
 from ..inference.torch_backend import logits_and_features, pooled_features  # noqa: F401
 from ..models import weights as checkpoint
@@ -82,4 +83,4 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
                                   storage_quality=prep.storage_quality)[0]
     stats, meta = fit_gate(model, ckpt, arrays["train"], arrays["val"], target_false_reject)
     checkpoint.save_ood(ckpt.extra["path"], stats, meta)
-    return meta
+    return {**meta, "warning": meaningful.ood_cutoff(meta, len(stats["mean"]))}
