@@ -22,6 +22,7 @@ from .commands.training import (
     cmd_fit_ood,
     cmd_train,
 )
+from .core import progress
 from .core.config import ConfigError
 from .core.errors import (
     CheckpointError,
@@ -63,6 +64,12 @@ def _tta_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over small shifts and zooms "
                         "(7 passes; the stored threshold was chosen without it)")
+
+
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action="store_true",
+                   help="show progress on stderr even when it is not a terminal (it is shown "
+                        "on a terminal anyway; never on stdout)")
 
 
 def _dicom_out_arg(p: argparse.ArgumentParser) -> None:
@@ -122,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="site adaptation to the split's own unlabelled images (BatchNorm "
                         "statistics, EM prior shift, or both); unadapted figures beside")
     _tta_arg(p)
+    _progress_arg(p)
 
     p = sub.add_parser("ensemble", help="average several runs; writes OUT/ensemble.json with "
                                         "a threshold chosen on val")
@@ -136,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the threshold is chosen: the carved val split the members "
                         "share (default), or the official val folder (members on different "
                         "splits)")
+    _progress_arg(p)
 
     p = sub.add_parser("calibrate", help="fit the temperature on val; rewrites only model.json. "
                                          "With --site: a threshold for a new site, written "
@@ -153,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --site: sensitivity to keep (default 0.97)")
     p.add_argument("--confidence", type=float, default=0.95,
                    help="with --site: confidence of the sensitivity bound (default 0.95)")
+    _progress_arg(p)
 
     p = sub.add_parser("fit-ood", help="fit the out-of-distribution gate on train/val; "
                                        "writes ood.safetensors and rewrites model.json")
@@ -160,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p, ensemble=False, default="none, it is required: a shipped model is never modified")
     p.add_argument("--target-false-reject", type=float, default=0.005,
                    help="share of val X-rays allowed above the threshold (default 0.005)")
+    _progress_arg(p)
 
     p = sub.add_parser("model-card", help="write a model card from a report's metrics.json")
     _model_arg(p, ensemble=False)
@@ -184,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", default=None,
                    help="use this exported .onnx file as it is (from 'pneumoscan export')")
     _tta_arg(p)
+    _progress_arg(p)
 
     p = sub.add_parser("explain", help="heatmap overlays (Grad-CAM or occlusion) per image")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
@@ -204,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web", default=None, metavar="DIR",
                    help="instead, write a static site into DIR that screens X-rays in the "
                         "browser (ONNX Runtime Web): images never leave the user's machine")
+    _progress_arg(p)
 
     p = sub.add_parser("bench", help="speed figures of every runtime, side by side")
     _data_arg(p)
@@ -211,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="fewer images (24 originals, 78 test), no INT8/training (~1 min)")
     p.add_argument("--repeats", type=int, default=3)
+    _progress_arg(p)
 
     p = sub.add_parser("serve", help="web page and REST API (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
@@ -259,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    progress.force(getattr(args, "progress", False))
     for chatty in ("highdicom", "httpx"):  # a line per copied module, per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:

@@ -25,7 +25,10 @@ def cmd_predict(args) -> int:
         print("pneumoscan predict: --explain and --dicom-out need one model (not an "
               "ensemble); explain a member run instead", file=sys.stderr)
         return USAGE_ERROR
-    rows = [r.to_dict() for r in predictor.predict(paths)]
+    from ..core import progress
+
+    rows = [r.to_dict() for s in progress.chunks(len(paths), "predict")
+            for r in predictor.predict(paths[s])]
     columns = ["path", "probability", "label", "error", "ood", "ood_score"]
     flat = rows
     if not predictor.ckpt.binary:  # a K-class model: each class's probability, etiology
