@@ -114,7 +114,7 @@ def main() -> None:
         cache[f"logit_{run}"][held] = logits
         cache[f"feat_{run}"] = np.full((len(images), feats.shape[1]), np.nan, np.float32)
         cache[f"feat_{run}"][held] = feats
-        cache[f"temp_{run}"] = np.array(float(ckpt.extra.get("temperature", 1.0)))
+        cache[f"temp_{run}"] = np.array(ckpt.temperature)
         cache[f"thr_{run}"] = np.array(ckpt.threshold)
         save_cache(cache)
         print("cached", run, flush=True)

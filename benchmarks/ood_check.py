@@ -86,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     data = args.data or default_data_dir()
     predictor = load_torch(args.model)
-    gate = predictor.ckpt.extra.get("ood")
+    gate = predictor.ckpt.ood
     if gate is None:
         raise SystemExit("this model has no OOD gate: run 'pneumoscan fit-ood' first")
     print(f"gate: {gate['method']}, {gate['components']} components, threshold "

@@ -41,7 +41,7 @@ def gates(run: str, data_dir: str) -> dict:
         out[f"drop_salient_{int(frac * 100)}"] = float(np.mean(p - sal))
         out[f"drop_random_{int(frac * 100)}"] = float(np.mean(p - rnd))
     out["deletion_pass"] = out["drop_salient_10"] > out["drop_random_10"]
-    ood_gate = e.ckpt.extra.get("ood", {})
+    ood_gate = e.ckpt.ood or {}
     if ood_gate:
         rejects = float(np.mean(ood_scores > ood_gate["threshold"]))
         out.update({"ood_val_false_reject": rejects, "ood_pass": rejects <= 0.01})

@@ -76,7 +76,8 @@ def test_predict_formats_and_exit_codes(tiny_run, small_data, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"threshold", "predictions"}
     assert set(out["predictions"][0]) == {"path", "probability", "label", "error", "ood",
-                                          "ood_score", "class_probabilities", "etiology"}
+                                          "class_probabilities", "etiology", "threshold",
+                                          "warnings"}
 
     bad = tmp_path / "bad.jpeg"
     bad.write_text("not an image")
@@ -84,7 +85,8 @@ def test_predict_formats_and_exit_codes(tiny_run, small_data, tmp_path, capsys):
                  "--format", "csv"]) == 1
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    assert lines[0] == "path,probability,label,error,ood,ood_score" and len(lines) == 3
+    assert lines[0] == "path,probability,label,ood_flagged,ood_score,warnings,error"
+    assert len(lines) == 3
     assert "bad.jpeg" in captured.err
 
 

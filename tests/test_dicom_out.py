@@ -129,7 +129,7 @@ def test_etiology_model_sr_names_the_etiology(inputs, tmp_path):
     (sr,) = _read(out, "SR")
     result = result_of(sr)
     assert row["etiology"] in ("BACTERIAL", "VIRAL")
-    assert result["etiology"] == row["etiology"] and result["ood"] == row["ood"]
+    assert result["etiology"] == row["etiology"] and result["ood"] == row["ood"]["flagged"]
     assert result["probability"] == pytest.approx(row["probability"], abs=1e-6)
     for f in out.glob("*.dcm"):
         assert dciodvfy_errors(f) == [], f.name

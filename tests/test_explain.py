@@ -278,7 +278,7 @@ def test_three_class_gradcam_explains_the_pneumonia_decision(etiology_run, small
 
     # d log-odds / d z: -1/T for NORMAL, softmax of the pneumonia classes / T for the others;
     # Grad-CAM's channel weights are that times the classifier, averaged over the 2 x 2 map.
-    t = ckpt.extra["temperature"]
+    t = ckpt.temperature
     grad = torch.cat([-torch.ones(6, 1, dtype=z.dtype), torch.softmax(z[:, 1:] / t, dim=1)],
                      dim=1) / t
     rows = grad @ model.get_classifier().weight.detach().double()

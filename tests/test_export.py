@@ -110,8 +110,8 @@ def test_default_predict_is_the_shipped_onnx_with_ood_scores_equal_to_torch(onnx
     assert len(default_rows) == len(torch_rows) == 16
     for a, b in zip(default_rows, torch_rows):
         assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-5
-        assert a["ood"] is b["ood"] is False
-        assert abs(a["ood_score"] - b["ood_score"]) < 1e-4 * b["ood_score"]
+        assert a["ood"]["flagged"] is b["ood"]["flagged"] is False
+        assert abs(a["ood"]["score"] - b["ood"]["score"]) < 1e-4 * b["ood"]["score"]
 
 
 def test_default_predict_exports_a_run_once_and_reuses_the_cache(onnx_cache, tiny_run,

@@ -44,15 +44,15 @@ def test_xrays(data_dir) -> list[str]:
 
 def test_shipped_model_flags_foreign_images_and_passes_real_xrays(shipped, test_xrays,
                                                                    tmp_path):
-    gate = shipped.ckpt.extra["ood"]
+    gate = shipped.ckpt.ood
     assert gate["fitted_on"] == "train" and gate["threshold_on"] == "val"
     foreign = shipped.predict([str(p) for p in foreign_pngs(tmp_path)])
     real = shipped.predict(test_xrays)
     for r in foreign + real:
-        assert np.isfinite(r.ood_score) and r.probability is not None
-    assert all(r.ood for r in foreign), [(r.path, r.ood_score) for r in foreign]
-    assert not any(r.ood for r in real), [(r.path, r.ood_score) for r in real]
-    assert min(r.ood_score for r in foreign) > gate["threshold"] > max(r.ood_score for r in real)
+        assert np.isfinite(r.ood.score) and r.probability is not None
+    assert all(r.ood.flagged for r in foreign), [(r.path, r.ood.score) for r in foreign]
+    assert not any(r.ood.flagged for r in real), [(r.path, r.ood.score) for r in real]
+    assert min(r.ood.score for r in foreign) > gate["threshold"] > max(r.ood.score for r in real)
 
 
 def test_gate_does_not_change_probabilities(shipped, test_xrays):
@@ -70,19 +70,26 @@ def test_cli_predict_has_ood_columns_and_warns(tmp_path, capsys, test_xrays):
     assert cli.main(["predict", cat, test_xrays[0], "--format", "csv"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[0] == "path,probability,label,error,ood,ood_score"
-    assert lines[1].split(",")[4] == "True" and lines[2].split(",")[4] == "False"
+    assert lines[0] == "path,probability,label,ood_flagged,ood_score,warnings,error"
+    flagged, real = (dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:])
+    assert flagged["ood_flagged"] == "True" and real["ood_flagged"] == "False"
+    # a flagged image keeps its probability but gets no label; --label-ood gives one
+    assert flagged["label"] == "" and flagged["probability"] and real["label"] == "NORMAL"
+    assert "out of distribution" in flagged["warnings"] and real["warnings"] == ""
     assert "warning:" in err and "cat.png" in err and test_xrays[0] not in err
+    assert cli.main(["predict", cat, "--format", "csv", "--label-ood"]) == 0
+    row = dict(zip(*(line.split(",") for line in capsys.readouterr().out.splitlines())))
+    assert row["label"] in ("NORMAL", "PNEUMONIA") and row["ood_flagged"] == "True"
 
 
 def test_new_run_gets_a_gate_from_its_own_split(tiny_run, small_data):
     run = load_torch(tiny_run.dir)
-    gate = run.ckpt.extra["ood"]
+    gate = run.ckpt.ood
     assert (tiny_run.dir / checkpoint.OOD).is_file()
     assert gate["n_train"] + gate["n_val"] == 48  # 49 train-folder files, one unreadable
     tests = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))
     res = run.predict(tests)
-    assert all(isinstance(r.ood, bool) and np.isfinite(r.ood_score) for r in res)
+    assert all(isinstance(r.ood.flagged, bool) and np.isfinite(r.ood.score) for r in res)
 
 
 def test_checkpoint_without_gate_still_predicts(tiny_run, small_data, tmp_path):
@@ -95,7 +102,7 @@ def test_checkpoint_without_gate_still_predicts(tiny_run, small_data, tmp_path):
     tests = sorted(str(p) for p in (small_data / "test").rglob("*.jpeg"))[:4]
     before = load_torch(tiny_run.dir).predict(tests)
     after = load_torch(old).predict(tests)
-    assert all(r.ood is None and r.ood_score is None for r in after)
+    assert all(r.ood.flagged is None and r.ood.score is None for r in after)
     assert [r.probability for r in after] == [r.probability for r in before]
 
 
@@ -113,8 +120,8 @@ def test_fit_ood_never_reads_test_and_matches_training(tiny_run, small_data_with
     trained = load_torch(run).ckpt
     assert cli.main(["fit-ood", "--model", str(run), "--data", str(data)]) == 0
     refit = load_torch(run).ckpt
-    assert refit.extra["ood"]["n_train"] == trained.extra["ood"]["n_train"]
-    assert refit.extra["ood"]["threshold"] == pytest.approx(trained.extra["ood"]["threshold"],
+    assert refit.ood["n_train"] == trained.ood["n_train"]
+    assert refit.ood["threshold"] == pytest.approx(trained.ood["threshold"],
                                                              rel=1e-4)
     np.testing.assert_allclose(refit.ood_stats["mean"], trained.ood_stats["mean"], atol=1e-5)
     assert checkpoint.file_sha256(run / checkpoint.WEIGHTS) == \
@@ -144,6 +151,7 @@ def test_serve_reports_ood_and_warns(tmp_path, test_xrays):
                   for p in (cat, test_xrays[0])]
     flagged, real = bodies
     assert flagged["ood"]["flagged"] is True and flagged["probability"] is not None
+    assert flagged["label"] is None and flagged["etiology"] is None
     assert any("out of distribution" in w for w in flagged["warnings"])
     assert real["ood"]["flagged"] is False and real["warnings"] == []
     assert real["ood"]["score"] < real["ood"]["threshold"] < flagged["ood"]["score"]
@@ -155,7 +163,7 @@ def test_model_json_without_its_gate_file_warns_and_predicts(tiny_run, test_xray
     (run / checkpoint.OOD).unlink()
     with pytest.warns(UserWarning, match="ood.safetensors is missing"):
         p = load_torch(run)
-    assert p.predict(test_xrays[:1])[0].ood is None
+    assert p.predict(test_xrays[:1])[0].ood.flagged is None
     (run / checkpoint.OOD).write_bytes(b"not safetensors")
     with pytest.raises(checkpoint.CheckpointError, match="unreadable OOD statistics"):
         checkpoint.load(run)
@@ -165,4 +173,4 @@ def test_batch_of_only_unreadable_files(shipped, tmp_path):
     bad = tmp_path / "bad.jpeg"
     bad.write_text("not an image")
     (r,) = shipped.predict([str(bad)])
-    assert r.error and r.ood is None and r.ood_score is None
+    assert r.error and r.ood.flagged is None and r.ood.score is None

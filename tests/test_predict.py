@@ -25,7 +25,8 @@ def test_predict_scores_real_images_and_reports_the_bad_one(tiny_run, small_data
     assert results[2].probability is None
     for r in results[:2] + results[3:]:
         assert r.error is None and 0.0 <= r.probability <= 1.0
-        assert r.label == ("PNEUMONIA" if r.probability >= p.threshold else "NORMAL")
+        expected = "PNEUMONIA" if r.probability >= p.threshold else "NORMAL"
+        assert r.label == (None if r.ood.flagged else expected)  # no label when flagged
 
 
 def test_batching_does_not_change_scores(tiny_run, small_data):

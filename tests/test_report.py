@@ -87,18 +87,18 @@ def test_nothing_is_fitted_on_the_evaluated_split(report, tiny_run, small_data_w
     records = scan(small_data_with_bad_file)
     _, y_val, z_val, _ = score_records(model, ckpt, select(records, "val", cfg.val_fraction,
                                                            cfg.seed))
-    p_val = probabilities(z_val, ckpt.extra["temperature"])
+    p_val = probabilities(z_val, ckpt.temperature)
     # thresholds from val alone (the evaluated split's arrays are a dummy here)
     from_val = operating_points(y_val, p_val, np.array([0, 1]), np.array([0.0, 1.0]),
                                 ckpt.threshold)
     assert [r["threshold"] for r in m["operating_points"]] == [r["threshold"] for r in from_val]
-    assert m["calibration"]["temperature"] == ckpt.extra["temperature"]
+    assert m["calibration"]["temperature"] == ckpt.temperature
     assert m["calibration"]["stored_in_checkpoint"] is True
 
 
 def test_fit_stores_a_temperature_and_predict_applies_it(tiny_run, small_data):
     model, ckpt = checkpoint.load(tiny_run.dir)
-    t = ckpt.extra["temperature"]
+    t = ckpt.temperature
     assert t > 0 and ckpt.extra["calibration"]["fitted_on"] == "val"
     images, _, _ = load_many(sorted(map(str, (small_data / "test").rglob("*.jpeg"))), 64)
     z = predict_logits(model, ckpt, images)
@@ -188,8 +188,7 @@ def test_three_class_report_has_class_metrics_with_patient_intervals(
     assert ci["n_resamples"] == 200 and ci["n_groups"] == m["ci"]["n_groups"]
     # the headline is the binary pneumonia decision (1 - P(NORMAL)), as evaluate gives it
     assert [m["headline"][k] for k in COUNTS] == [plain[k] for k in COUNTS]
-    assert m["calibration"]["temperature"] == checkpoint.load(etiology_run.dir)[1].extra[
-        "temperature"]
+    assert m["calibration"]["temperature"] == checkpoint.load(etiology_run.dir)[1].temperature
     html = (out / "report.html").read_text()
     assert "id='multiclass'" in html and "Bacterial vs viral accuracy" in html
     assert html.count("<td>true ") == 3 and "predicted VIRAL" in html

@@ -445,7 +445,7 @@ def test_default_serves_the_shipped_onnx_graph_with_heatmaps(small_jpegs):
             expected = torch_reference.predict([str(path)])[0]
             assert abs(body["probability"] - expected.probability) < 1e-5
             assert body["label"] == expected.label
-            assert body["ood"]["score"] == pytest.approx(expected.ood_score, rel=1e-5)
+            assert body["ood"]["score"] == pytest.approx(expected.ood.score, rel=1e-5)
             assert body["heatmap_png"]
 
 

@@ -148,8 +148,8 @@ def test_scores_equal_pneumoscan_predict(page, data_dir, originals_dir):
         assert "error" not in b, b
         worst = max(worst, abs(b["probability"] - r["probability"]))
         assert b["label"] == r["label"], (f, b["probability"], r["probability"])
-        assert b["ood"]["flagged"] == r["ood"], f
-        assert b["ood"]["score"] == pytest.approx(r["ood_score"], rel=0.05)
+        assert b["ood"]["flagged"] == r["ood"]["flagged"], f
+        assert b["ood"]["score"] == pytest.approx(r["ood"]["score"], rel=0.05)
         assert b["class_probabilities"].keys() == r["class_probabilities"].keys()
         assert b["etiology"] == r["etiology"] is None
     print(f"max |dp| over {len(files)} images: {worst:.2e}")
@@ -158,8 +158,8 @@ def test_scores_equal_pneumoscan_predict(page, data_dir, originals_dir):
     keys = page.evaluate("""async (u) => { const r = await window.pneumoscan.score(
         await (await fetch(u)).blob()); return [Object.keys(r), Object.keys(r.model),
         Object.keys(r.ood)]; }""", _url(files[0], data_dir, originals_dir))
-    assert set(keys[0]) == {"probability", "label", "class_probabilities", "etiology",
-                            "threshold", "model", "ood", "warnings", "heatmap_png",
+    assert set(keys[0]) == {"path", "probability", "label", "class_probabilities", "etiology",
+                            "threshold", "model", "ood", "warnings", "error", "heatmap_png",
                             "elapsed_ms", "heatmap"}
     assert set(keys[1]) == {"name", "version", "checkpoint_sha256", "runtime"}
     assert set(keys[2]) == {"flagged", "score", "threshold"}
@@ -218,19 +218,21 @@ def test_worklist_of_a_dropped_folder_in_triage_order_with_csv(page, batch_folde
     by_name = {f"batch/{p.relative_to(batch_folder).as_posix()}": ref[str(p)] for p in images}
     assert by_name["batch/broken.jpeg"]["error"]  # Python refuses it too
     cat = next(r for r in rows if r["name"] == "batch/cat.jpeg")
-    assert cat["cells"][4] == "OOD" and by_name["batch/cat.jpeg"]["ood"] is True
+    assert cat["cells"][4] == "OOD" and by_name["batch/cat.jpeg"]["ood"]["flagged"] is True
+    assert cat["cells"][3] == "no label" and by_name["batch/cat.jpeg"]["label"] is None
     assert "out of distribution" in cat["cells"][5]
     for r in rows[:-1]:
         assert abs(float(r["p"]) - by_name[r["name"]]["probability"]) <= TOLERANCE
-        assert r["cells"][3] == by_name[r["name"]]["label"]
+        assert r["cells"][3] == (by_name[r["name"]]["label"] or "no label")
 
     with page.expect_download() as download:
         page.click("#csv")
     table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
-    assert [t["file"] for t in table] == [r["name"] for r in rows]
+    assert [t["path"] for t in table] == [r["name"] for r in rows]
     assert [t["probability"] for t in table[:-1]] == [r["p"] for r in rows[:-1]]
     assert table[-1]["error"].startswith("batch/broken.jpeg:")
-    assert next(t for t in table if t["file"] == "batch/cat.jpeg")["ood"] == "true"
+    cat_row = next(t for t in table if t["path"] == "batch/cat.jpeg")
+    assert cat_row["ood_flagged"] == "true" and cat_row["label"] == ""
 
     page.click("#worklist tbody tr:nth-child(1)")  # the likeliest pneumonia
     page.wait_for_selector("#viewer:not([hidden])")

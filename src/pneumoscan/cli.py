@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", default=None,
                    help="use this exported .onnx file as it is (from 'pneumoscan export')")
     _tta_arg(p)
+    p.add_argument("--label-ood", action="store_true",
+                   help="give images the out-of-distribution gate flags a NORMAL/PNEUMONIA "
+                        "label too (default: no label, only the warning)")
     _progress_arg(p)
 
     p = sub.add_parser("explain", help="heatmap overlays (Grad-CAM or occlusion) per image")

@@ -12,7 +12,7 @@ from ._common import SOME_FAILED, USAGE_ERROR
 
 
 def cmd_predict(args) -> int:
-    from ..inference.predictor import expand_inputs
+    from ..inference.predictor import Prediction, expand_inputs
     from ..inference.runtime import make_predictor
 
     paths = expand_inputs(args.paths + args.image)
@@ -27,15 +27,12 @@ def cmd_predict(args) -> int:
         return USAGE_ERROR
     from ..core import progress
 
-    rows = [r.to_dict() for s in progress.chunks(len(paths), "predict")
-            for r in predictor.predict(paths[s])]
-    columns = ["path", "probability", "label", "error", "ood", "ood_score"]
-    flat = rows
-    if not predictor.ckpt.binary:  # a K-class model: each class's probability, etiology
-        names = [f"p_{name}" for name in predictor.ckpt.labels]
-        columns[3:3] = [*names, "etiology"]
-        flat = [{**r, **dict(zip(names, (r["class_probabilities"] or {}).values()))}
-                for r in rows]
+    predictor.label_ood = args.label_ood
+    results = [r for s in progress.chunks(len(paths), "predict")
+               for r in predictor.predict(paths[s])]
+    rows = [r.to_dict() for r in results]
+    columns = Prediction.csv_columns(predictor.ckpt.labels)
+    flat = [r.csv_row() for r in results]
     if args.format == "json":
         print(json.dumps({"threshold": predictor.threshold, "predictions": rows}, indent=2))
     elif args.format == "csv":
@@ -45,15 +42,14 @@ def cmd_predict(args) -> int:
         w.writerows(flat)
         print(buf.getvalue(), end="")
     else:
+        columns.remove("warnings")  # printed below, to stderr
         print(_table(flat, columns))
         print(f"threshold {predictor.threshold:.4f}; research use only, not a diagnosis")
-    for r in rows:
-        if r["error"]:
-            print(f"error: {r['error']}", file=sys.stderr)
-        if r["ood"]:
-            print(f"warning: {r['path']}: does not look like the chest X-rays this model was "
-                  f"trained on (OOD score {r['ood_score']:.1f}); its probability is unreliable",
-                  file=sys.stderr)
+    for r in results:
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+        for warning in r.warnings:
+            print(f"warning: {r.path}: {warning}", file=sys.stderr)
     if args.explain:
         from ..explain.explainer import Explainer
 

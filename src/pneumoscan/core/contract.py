@@ -42,18 +42,17 @@ class Checkpoint:
     val_metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # version, git SHA, hashes, timings
-    # The gate's arrays from OOD (its threshold etc. are extra["ood"] in model.json).
+    # T of sigmoid(logit / T) (softmax for K classes), fitted on val; 1 before calibration.
+    temperature: float = 1.0
+    # The OOD gate's model.json entry (threshold, method, sha256 of OOD, ...); None: no gate.
+    ood: dict | None = None
+    # The gate's arrays, read from OOD beside model.json.
     ood_stats: dict | None = field(default=None, repr=False, compare=False)
 
     @property
-    def temperature(self) -> float:
-        """T of sigmoid(logit / T) (softmax for K classes); 1 before calibration."""
-        return float(self.extra.get("temperature", 1.0))
-
-    @property
     def ood_gate(self) -> dict | None:
-        """The gate's model.json entry (threshold, method, ...), None without a gate."""
-        return self.extra.get("ood")
+        """The OOD gate's entry, None without a gate (the same as `ood`)."""
+        return self.ood
 
     @property
     def binary(self) -> bool:
@@ -63,7 +62,9 @@ class Checkpoint:
     def to_json(self) -> dict:
         return {"format": FORMAT, "model_name": self.model_name, "labels": self.labels,
                 "preprocessing": self.preprocessing.to_dict(), "threshold": self.threshold,
-                "val_metrics": self.val_metrics, "config": self.config, **self.extra}
+                "val_metrics": self.val_metrics, "config": self.config,
+                "temperature": self.temperature,
+                **({"ood": self.ood} if self.ood is not None else {}), **self.extra}
 
     @classmethod
     def from_json(cls, d: dict) -> Checkpoint:
@@ -71,12 +72,14 @@ class Checkpoint:
         labels (NORMAL among them), preprocessing (known keys), threshold in [0, 1],
         temperature > 0, the OOD gate's threshold (CheckpointError, naming the key)."""
         core = {"format", "model_name", "labels", "preprocessing", "threshold", "val_metrics",
-                "config"}
+                "config", "temperature", "ood"}
         ckpt = cls(d["model_name"], list(d["labels"]),
                    Preprocessing.from_dict(d["preprocessing"]), float(d["threshold"]),
                    d.get("val_metrics", {}), d.get("config", {}),
-                   {k: v for k, v in d.items() if k not in core})
+                   {k: v for k, v in d.items() if k not in core},
+                   d.get("temperature", 1.0), d.get("ood"))
         ckpt.validate()
+        ckpt.temperature = float(ckpt.temperature)
         return ckpt
 
     def validate(self) -> None:
@@ -87,10 +90,10 @@ class Checkpoint:
             raise bad("labels", f"{self.labels} must name NORMAL and at least one other class")
         if not 0.0 <= self.threshold <= 1.0:
             raise bad("threshold", f"{self.threshold} is not a probability")
-        t = self.extra.get("temperature", 1.0)
-        if not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
             raise bad("temperature", f"{t!r} is not a positive number")
-        gate = self.extra.get("ood")
+        gate = self.ood
         if gate is not None:
             g = gate.get("threshold") if isinstance(gate, dict) else None
             if not isinstance(g, int | float) or not math.isfinite(g):
@@ -164,7 +167,7 @@ def read(folder: Path) -> Checkpoint:
         # but say so. A present but unreadable file is an error below.
         warnings.warn(f"{folder / OOD} is missing: predicting without the out-of-distribution "
                       f"gate that {META} declares", stacklevel=3)
-        ckpt.extra["ood"] = None
+        ckpt.ood = None
     if ckpt.ood_gate is not None:  # older checkpoints have no gate: ood_stats stays None
         try:
             ckpt.ood_stats = load_file(folder / OOD)

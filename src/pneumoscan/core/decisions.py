@@ -71,6 +71,27 @@ def etiology_of(class_probs: np.ndarray, ckpt: Checkpoint) -> str | None:
     return ckpt.labels[max(others, key=lambda i: class_probs[i])]
 
 
+OOD_WARNING = ("out of distribution: this image does not look like the chest X-rays the model "
+               "was trained on; the probability is unreliable and no label is given")
+
+
+def decide(probability: float, class_probs: np.ndarray, ood_score: float, ckpt: Checkpoint,
+           label_ood: bool = False) -> tuple[str | None, str | None, bool | None, list[str]]:
+    """One scored image -> (label, etiology, OOD flag, warnings), the rules every interface
+    shows (CLI, REST, the page, explain, DICOM):
+
+    - label: NORMAL / PNEUMONIA at the stored threshold, but None for an image the OOD gate
+      flags (its probability stays available; `label_ood` gives the label anyway);
+    - etiology: the likelier non-NORMAL class of a K-class model, only when the label is
+      PNEUMONIA (None for NORMAL, for a flagged image and for a binary model);
+    - OOD flag: None without a gate or without a score (NaN).
+    """
+    flagged = None if np.isnan(ood_score) else ood_flag(ood_score, ckpt)
+    label = None if flagged and not label_ood else label_of(probability, ckpt)
+    etiology = etiology_of(class_probs, ckpt) if label == "PNEUMONIA" else None
+    return label, etiology, flagged, [OOD_WARNING] if flagged else []
+
+
 def ood_flag(score: float, ckpt: Checkpoint) -> bool | None:
     """True when an OOD score is above the gate's threshold; None without a gate."""
     gate = ckpt.ood_gate

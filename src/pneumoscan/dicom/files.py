@@ -69,7 +69,7 @@ def write_for_predictions(explainer, rows: list[dict], out_dir: str | Path,
             notify(f"pneumoscan: --dicom-out: {message}")
         for j, native in zip(ok, explainer.native_maps(arr) if len(arr) else []):
             r = scored[chunk[j]]
-            finding = Finding(r["probability"], r["label"], r["etiology"], r["ood"])
+            finding = Finding(r["probability"], r["label"], r["etiology"], r["ood"]["flagged"])
             try:
                 gray = load_gray_original(chunk[j])
             except ImageError as e:

@@ -248,7 +248,8 @@ class Loop:
                 out.append((None, None, None, str(e)))
                 continue
             heat = resize_map(maps[i], gray.shape[1], gray.shape[0])
-            out.append((Finding(r.probability, r.label, r.etiology, r.ood), gray, heat, None))
+            finding = Finding(r.probability, r.label, r.etiology, r.ood.flagged)
+            out.append((finding, gray, heat, None))
         return out
 
 

@@ -107,7 +107,7 @@ class Finding:
     """One image's result, as predict/explain computed it."""
 
     probability: float
-    label: str
+    label: str | None  # None: the OOD gate flagged the image (no NORMAL/PNEUMONIA claim)
     etiology: str | None = None
     ood: bool | None = None
 
@@ -138,7 +138,8 @@ def render_overlay(gray: np.ndarray, heatmap: np.ndarray | None, finding: Findin
     if heatmap is not None:
         base = Image.alpha_composite(base, Image.fromarray(heatmap_rgba(heatmap), "RGBA"))
     image = base.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-    lines = [f"pneumoscan: {finding.label}  p(pneumonia) = {finding.probability:.4f}  "
+    label = finding.label or "no label"
+    lines = [f"pneumoscan: {label}  p(pneumonia) = {finding.probability:.4f}  "
              f"threshold {model.threshold:.4f}"]
     if finding.etiology is not None:
         lines.append(f"likelier etiology if pneumonia: {finding.etiology}")
@@ -197,7 +198,8 @@ def build_sr(source: pydicom.Dataset, finding: Finding, model: ModelIdentity,
              series_uid: str, instance_number: int = 1) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 measurement report of one image's finding, in the source's study."""
     algorithm = _algorithm(model)
-    evaluations = [hd.sr.QualitativeEvaluation(
+    # An image the OOD gate flags gets no NORMAL/PNEUMONIA claim, only the flag below.
+    evaluations = [] if finding.label is None else [hd.sr.QualitativeEvaluation(
         PNEUMONIA, codes.SCT.Present if finding.label == "PNEUMONIA" else codes.SCT.Absent)]
     if finding.etiology in ETIOLOGIES:
         evaluations.append(hd.sr.QualitativeEvaluation(ETIOLOGY, ETIOLOGIES[finding.etiology]))

@@ -73,7 +73,7 @@ def calibrate_checkpoint(ckpt: checkpoint.Checkpoint, y_val: np.ndarray,
                            f"is wrong (before {before}, after {after})")
     ckpt.threshold = thr
     ckpt.val_metrics = after
-    ckpt.extra["temperature"] = new_t
+    ckpt.temperature = new_t
     summary = {"temperature": new_t, "previous_temperature": old_t, "threshold": thr,
                "previous_threshold": old_thr, "fitted_on": "val", "n_val": int(len(y_val)),
                "val_ece_before": expected_calibration_error(y_val, sigmoid(z_val)),
@@ -94,7 +94,7 @@ def _calibrate_multiclass(ckpt: checkpoint.Checkpoint, y_val: np.ndarray,
     p_raw = 1.0 - class_probabilities(z_val, checkpoint.Checkpoint(
         ckpt.model_name, ckpt.labels, ckpt.preprocessing, 0.5))[:, normal]  # T = 1
     new_t = fit_temperature_multiclass(y_val, z_val)
-    ckpt.extra["temperature"] = new_t
+    ckpt.temperature = new_t
     p_new = probabilities_from_logits(z_val, ckpt)
     target = float(ckpt.config.get("target_sensitivity", 0.98))
     thr = threshold_for_sensitivity(y_sick, p_new, target)

@@ -8,7 +8,7 @@ runtime, is here and in core/decisions.py.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,23 +22,54 @@ from .ood import scores as ood_scores
 
 
 @dataclass
+class OodCheck:
+    """The out-of-distribution gate's verdict on one image; all None without a gate."""
+
+    flagged: bool | None = None
+    score: float | None = None
+    threshold: float | None = None
+
+
+@dataclass
 class Prediction:
+    """One image's result. `to_dict()` is what every interface serialises with the same
+    field names: `predict --format json`, the REST API (plus `model`), the page's
+    `window.pneumoscan.score` and explain; `--format csv` flattens it (`csv_row`)."""
+
     path: str
     probability: float | None = None
+    # NORMAL / PNEUMONIA at `threshold`; None for an error or an image the OOD gate flags.
     label: str | None = None
     error: str | None = None
-    ood: bool | None = None  # None: no score, or a checkpoint without an OOD gate
-    ood_score: float | None = None
     # Every class of the checkpoint (binary: NORMAL, PNEUMONIA), from class_probabilities.
     class_probabilities: dict[str, float] | None = None
-    # K-class models: the likelier non-NORMAL class (what kind, should it be pneumonia);
-    # the decision is still `label`. None for a binary model.
+    # K-class models: the likelier non-NORMAL class when the label is PNEUMONIA, else None.
     etiology: str | None = None
+    threshold: float | None = None
+    ood: OodCheck = field(default_factory=OodCheck)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "probability": self.probability, "label": self.label,
-                "error": self.error, "ood": self.ood, "ood_score": self.ood_score,
-                "class_probabilities": self.class_probabilities, "etiology": self.etiology}
+                "class_probabilities": self.class_probabilities, "etiology": self.etiology,
+                "threshold": self.threshold, "ood": asdict(self.ood),
+                "warnings": list(self.warnings), "error": self.error}
+
+    @staticmethod
+    def csv_columns(labels: list[str]) -> list[str]:
+        """The flat columns of `csv_row`: nested fields joined with `_` (ood_flagged), each
+        class of a K-class model as p_<class>."""
+        classes = [f"p_{name}" for name in labels] + ["etiology"] if len(labels) > 2 else []
+        return ["path", "probability", "label", *classes, "ood_flagged", "ood_score",
+                "warnings", "error"]
+
+    def csv_row(self) -> dict:
+        row = {"path": self.path, "probability": self.probability, "label": self.label,
+               "etiology": self.etiology, "ood_flagged": self.ood.flagged,
+               "ood_score": self.ood.score, "warnings": "; ".join(self.warnings),
+               "error": self.error}
+        row.update({f"p_{k}": v for k, v in (self.class_probabilities or {}).items()})
+        return row
 
 
 class Backend(Protocol):
@@ -74,9 +105,11 @@ class Predictor:
         ['NORMAL']
     """
 
-    def __init__(self, backend: Backend | None, ckpt: Checkpoint, tta: bool = False):
+    def __init__(self, backend: Backend | None, ckpt: Checkpoint, tta: bool = False,
+                 label_ood: bool = False):
         self.backend, self.ckpt = backend, ckpt
         self.tta = tta  # average over tta.VIEWS; the stored threshold was chosen without it
+        self.label_ood = label_ood  # give flagged images a label too (decisions.decide)
 
     @property
     def model(self):
@@ -95,12 +128,6 @@ class Predictor:
     @property
     def threshold(self) -> float:
         return self.ckpt.threshold
-
-    def label_of(self, probability: float) -> str:
-        return decisions.label_of(probability, self.ckpt)
-
-    def etiology_of(self, class_probs: np.ndarray) -> str | None:
-        return decisions.etiology_of(class_probs, self.ckpt)
 
     def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, S, S) uint8 -> (N,) or (N, K) logits."""
@@ -161,7 +188,7 @@ class Predictor:
     def predict(self, paths: list[str], batch_size: int = 32) -> list[Prediction]:
         """One Prediction per path, in order; an unreadable file gets `error` and no score."""
         prep = self.ckpt.preprocessing
-        results = [Prediction(str(p)) for p in paths]
+        results = [Prediction(str(p), threshold=self.threshold) for p in paths]
         starts = list(range(0, len(paths), batch_size))
 
         def decode(start):
@@ -187,10 +214,13 @@ class Predictor:
     def prediction(self, path: str, probability: float, class_probs: np.ndarray,
                    ood_score: float) -> Prediction:
         """The Prediction of one scored image (NaN ood_score: no gate)."""
-        r = Prediction(str(path), float(probability), self.label_of(probability))
-        r.class_probabilities = dict(zip(self.ckpt.labels, map(float, class_probs)))
-        r.etiology = self.etiology_of(class_probs)
-        if not np.isnan(ood_score):
-            r.ood_score = float(ood_score)
-            r.ood = decisions.ood_flag(ood_score, self.ckpt)
-        return r
+        label, etiology, flagged, warnings = decisions.decide(
+            float(probability), class_probs, float(ood_score), self.ckpt, self.label_ood)
+        gate = self.ckpt.ood
+        ood = OodCheck() if flagged is None else OodCheck(flagged, float(ood_score),
+                                                          float(gate["threshold"]))
+        return Prediction(str(path), float(probability), label,
+                          class_probabilities=dict(zip(self.ckpt.labels,
+                                                       map(float, class_probs))),
+                          etiology=etiology, threshold=self.threshold, ood=ood,
+                          warnings=warnings)

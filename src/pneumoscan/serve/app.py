@@ -123,23 +123,16 @@ class Service:
         self._batcher.close()
         self._decoders.shutdown(wait=True)
 
-    def result(self, row: np.ndarray) -> dict:
+    def result(self, row: np.ndarray, name: str) -> dict:
         """The REST form of one scored image: the Prediction `pneumoscan predict` builds from
-        the same scores (Predictor.prediction), with the threshold, model and gate beside it."""
-        p = self.predictor.prediction("", row[0], row[2:], row[1])
-        gate = self.ckpt.ood_gate
-        warnings = ["out of distribution: this image does not look like the chest X-rays the "
-                    "model was trained on; the probability is unreliable"] if p.ood else []
-        return {"probability": p.probability, "label": p.label,
-                "class_probabilities": p.class_probabilities, "etiology": p.etiology,
-                "threshold": self.predictor.threshold, "model": self.model_info,
-                "ood": {"flagged": p.ood, "score": p.ood_score,
-                        "threshold": gate["threshold"] if gate else None},
-                "warnings": warnings}
+        the same scores (Predictor.prediction, the same fields as its JSON; `path` is the
+        uploaded file's name), with the model beside it."""
+        p = self.predictor.prediction(name, row[0], row[2:], row[1])
+        return {**p.to_dict(), "model": self.model_info}
 
     async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
         image = await self.decode(data, name)
-        out = self.result((await self.probabilities(np.stack([image])))[0])  # a writable copy
+        out = self.result((await self.probabilities(np.stack([image])))[0], name)
         explain = explain and self.predictor.explainable  # no Grad-CAM of an ensemble
         out["heatmap_png"] = await asyncio.to_thread(self.heatmap, image) if explain else None
         return out
@@ -180,7 +173,7 @@ class Service:
                 ok.append(i)
         if images:
             for i, p in zip(ok, await self.probabilities(np.stack(images))):
-                results[i].update(status=200, error=None, **self.result(p))
+                results[i].update(status=200, **self.result(p, files[i][0]))
         return results
 
 

@@ -397,7 +397,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, train_recs: list[Record], val_recs: li
     stats, ood = fit_gate(final, ckpt, x_tr, x_va)  # the same train/val split
     checkpoint.save_ood(run_dir, stats, ood)
     notes = [meaningful.val_size(y_va, list(labels)),
-             meaningful.temperature(ckpt.extra["temperature"]),
+             meaningful.temperature(ckpt.temperature),
              meaningful.ood_cutoff(ood, len(stats["mean"]))]
     return Run(run_dir, ckpt.val_metrics, best_epoch, seconds, skipped,
                [n for n in notes if n])

@@ -23,6 +23,7 @@ import numpy as np
 from .. import __version__
 from ..core import contract as checkpoint
 from ..core.contract import Checkpoint
+from ..core.decisions import OOD_WARNING
 from ..core.errors import ExportError
 from ..data import DatasetNotFound
 from ..explain._turbo import TURBO
@@ -34,8 +35,6 @@ FORMAT = 1  # bump when contract.json's fields change
 PACKAGE = Path(str(resources.files("pneumoscan.web")))
 STATIC, VENDOR = PACKAGE / "static", PACKAGE / "vendor" / "onnxruntime-web"
 OOD_ORDER = ("mean", "axes", "precision", "residual_var")  # float32 blocks of model/ood.bin
-OOD_WARNING = ("out of distribution: this image does not look like the chest X-rays the "
-               "model was trained on; the probability is unreliable")
 
 
 def check_vendor() -> dict:
@@ -57,7 +56,7 @@ def contract(cam: dict | None, ckpt: Checkpoint) -> dict:
     """What the page needs besides the graph: the server's decision rules, as data; `cam`,
     the classifier the graph's `features` are weighted by (its metadata's cam_weights)."""
     folder = Path(ckpt.extra["path"])
-    gate = ckpt.extra.get("ood") if ckpt.ood_stats is not None else None
+    gate = ckpt.ood if ckpt.ood_stats is not None else None
     ood = None
     if gate is not None:
         shapes = {k: list(np.shape(ckpt.ood_stats[k])) for k in OOD_ORDER}
@@ -70,7 +69,7 @@ def contract(cam: dict | None, ckpt: Checkpoint) -> dict:
                   "checkpoint_sha256": checkpoint.file_sha256(folder / checkpoint.WEIGHTS),
                   "runtime": "onnxruntime-web"},
         "labels": list(ckpt.labels), "threshold": float(ckpt.threshold),
-        "temperature": float(ckpt.extra.get("temperature", 1.0)),
+        "temperature": ckpt.temperature,
         "preprocessing": ckpt.preprocessing.to_dict(),
         "output": output_contract(ckpt),
         "cam": cam, "ood": ood, "ood_warning": OOD_WARNING,
@@ -138,7 +137,7 @@ def build_site(out_dir: str | Path, model: str | Path | None = None,
     shutil.copyfile(graph, out / "model" / "model.onnx")
     (out / "model" / "contract.json").write_text(json.dumps({**contract(cam, ckpt),
                                                              "server": server}))
-    if ckpt.ood_stats is not None and ckpt.extra.get("ood") is not None:
+    if ckpt.ood_stats is not None and ckpt.ood is not None:
         (out / "model" / "ood.bin").write_bytes(_ood_bytes(ckpt.ood_stats))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"path": str(out), "graph": str(graph), "bytes": size,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..core import decisions
 from ..data import LABELS, load_records
 from ..data.decode import load_gray
 from ..evaluation.cues import cue_conflicting
@@ -151,14 +152,17 @@ def originals_agreement(predictor, data_dir: Path, originals_dir: Path,
         row["images"] = [{"name": a.name, "label": LABELS[t], "p_original": round(po, 4),
                           "p_copy": round(pc, 4)}
                          for (a, _, t), po, pc in zip(pairs, p_orig, p_copy)]
-        if res[0].etiology is not None:  # K classes: every class and the etiology agree?
+        if not predictor.ckpt.binary:  # K classes: every class and the etiology agree?
             c_orig = np.array([list(r.class_probabilities.values()) for r in res[:k]])
             c_copy = np.array([list(r.class_probabilities.values()) for r in res[k:]])
             row["max_abs_dp_classes"] = float(np.abs(c_orig - c_copy).max())
-            row["etiology_flips"] = sum(a.etiology != b.etiology
-                                        for a, b in zip(res[:k], res[k:]))
-            for item, a, b in zip(row["images"], res[:k], res[k:]):
-                item["etiology_original"], item["etiology_copy"] = a.etiology, b.etiology
+            # the likelier non-NORMAL class of every image, whatever its label (a
+            # Prediction's etiology is only given with a PNEUMONIA label)
+            e_orig = [decisions.etiology_of(c, predictor.ckpt) for c in c_orig]
+            e_copy = [decisions.etiology_of(c, predictor.ckpt) for c in c_copy]
+            row["etiology_flips"] = sum(a != b for a, b in zip(e_orig, e_copy))
+            for item, a, b in zip(row["images"], e_orig, e_copy):
+                item["etiology_original"], item["etiology_copy"] = a, b
         out[split] = row
     return out
 

@@ -16,8 +16,8 @@ function showResult(file, r) {
   $("xray").src = shownUrl;
   $("heatmap").hidden = !r.heatmap_png;
   if (r.heatmap_png) $("heatmap").src = "data:image/png;base64," + r.heatmap_png;
-  $("label").textContent = r.label;
-  $("label").className = "label " + r.label;
+  $("label").textContent = r.label ?? "no label (out of distribution)";
+  $("label").className = "label " + (r.label ?? "none");
   $("probability").textContent = r.probability.toFixed(4);
   $("probability").dataset.value = String(r.probability);
   // A three-class (etiology) model also says which kind of pneumonia is likelier.

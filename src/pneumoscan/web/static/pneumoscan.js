@@ -221,30 +221,34 @@ function pooledFeatures(features, dims) {
   return out;
 }
 
-// One decoded input -> the REST API's prediction fields (serve/app.py Service.result).
-export async function scoreInput(model, decoded, t0) {
+// One decoded input -> the REST API's prediction fields (serve/app.py Service.result), by
+// the rules of core/decisions.py decide(): no label for an image the OOD gate flags, an
+// etiology only with a PNEUMONIA label.
+export async function scoreInput(model, decoded, t0, path = null) {
   const { contract } = model;
   const out = await forward(model, decoded.input);
   const classes = classProbabilities(out.logits, contract);
   const normal = contract.labels.indexOf("NORMAL");
   const probability = contract.labels.length === 2 ? classes[1] : 1 - classes[normal];
   const names = contract.labels.length === 2 ? contract.labels : ["NORMAL", "PNEUMONIA"];
+  const score = model.ood ? oodScore(pooledFeatures(out.features, out.dims), model.ood) : null;
+  const flagged = score === null ? null : score > contract.ood.threshold;
+  const label = flagged ? null : names[probability >= contract.threshold ? 1 : 0];
   let etiology = null;
-  if (contract.labels.length > 2) {
+  if (contract.labels.length > 2 && label === "PNEUMONIA") {
     let best = -1;
     contract.labels.forEach((name, i) => {
       if (i !== normal && (best < 0 || classes[i] > classes[best])) best = i;
     });
     etiology = contract.labels[best];
   }
-  const score = model.ood ? oodScore(pooledFeatures(out.features, out.dims), model.ood) : null;
-  const flagged = score === null ? null : score > contract.ood.threshold;
   return {
-    probability, label: names[probability >= contract.threshold ? 1 : 0],
+    path, probability, label,
     class_probabilities: Object.fromEntries(contract.labels.map((n, i) => [n, classes[i]])),
     etiology, threshold: contract.threshold, model: contract.model,
     ood: { flagged, score, threshold: contract.ood ? contract.ood.threshold : null },
     warnings: [...(flagged ? [contract.ood_warning] : []), ...decoded.warnings],
+    error: null,
     heatmap: contract.cam ? cam(out.features, out.dims, out.logits, contract) : null,
     elapsed_ms: Math.round((performance.now() - t0) * 10) / 10,
   };
@@ -284,7 +288,7 @@ export function createApi() {
     const model = await ready;
     const name = options.name || blob.name || "image";
     const decoded = await decode(blob, name, model.contract.preprocessing);
-    const result = await scoreInput(model, decoded, t0);
+    const result = await scoreInput(model, decoded, t0, name);
     result.heatmap_png = null;
     if (options.explain && result.heatmap) {
       result.heatmap_png = await pngBase64(heatmapImageData(result.heatmap, model.contract));

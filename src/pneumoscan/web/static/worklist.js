@@ -46,7 +46,7 @@ async function run() {
     const row = { name: job.name, file: job.file, result: null, error: null };
     try {
       if (e) throw e;
-      row.result = await scoreInput(model, d, t0);
+      row.result = await scoreInput(model, d, t0, job.name);
     } catch (err) {
       row.error = err instanceof ScoreError ? err.message : `${job.name}: ${err}`;
       failed += 1;
@@ -89,7 +89,8 @@ function render() {
     if (r) {
       const p = cell(r.probability.toFixed(4), "num");
       p.dataset.value = String(r.probability);
-      tr.append(p, cell(r.label, "label " + r.label),
+      const label = r.label ?? "no label"; // an image the OOD gate flags gets no label
+      tr.append(p, cell(label, "label " + (r.label ?? "none")),
         cell(r.ood.flagged === null ? "–" : r.ood.flagged ? "OOD" : "no", r.ood.flagged ? "ood" : ""),
         cell(r.warnings.join("; ")));
       tr.className = "scored";
@@ -124,7 +125,7 @@ async function show(row) {
     ctx.drawImage(layer, 0, 0, canvas.width, canvas.height);
   }
   const r = row.result;
-  $("view-facts").textContent = `${row.name}: ${r.label}, P(pneumonia) ${r.probability.toFixed(4)} ` +
+  $("view-facts").textContent = `${row.name}: ${r.label ?? "no label"}, P(pneumonia) ${r.probability.toFixed(4)} ` +
     `(threshold ${r.threshold.toFixed(4)})` + (r.etiology ? `, likelier etiology ${r.etiology}` : "") +
     (r.ood.flagged ? ". Out of distribution: the probability is unreliable." : ".");
   $("viewer").hidden = false;
@@ -138,13 +139,14 @@ function csvField(v) {
 }
 
 function csv() {
-  const head = ["rank", "file", "probability", "label", "ood", "ood_score", "etiology",
+  // The columns of `pneumoscan predict --format csv` (Prediction.csv_columns), ranked.
+  const head = ["rank", "path", "probability", "label", "etiology", "ood_flagged", "ood_score",
     "warnings", "error"];
   const lines = order().map((row, i) => {
     const r = row.result;
-    return [i + 1, row.name, r ? r.probability : "", r ? r.label : "",
-      r && r.ood.flagged !== null ? r.ood.flagged : "", r && r.ood.score !== null ? r.ood.score : "",
-      r && r.etiology ? r.etiology : "", r ? r.warnings.join("; ") : "", row.error || ""]
+    return [i + 1, row.name, r ? r.probability : "", r ? r.label : "", r ? r.etiology : "",
+      r ? r.ood.flagged : "", r ? r.ood.score : "", r ? r.warnings.join("; ") : "",
+      row.error || ""]
       .map(csvField).join(",");
   });
   return [head.join(","), ...lines].join("\r\n") + "\r\n";
