@@ -185,3 +185,9 @@ def test_fit_ood_shows_progress_and_warns_on_a_tiny_val(tiny_run, small_data, tm
     err = capsys.readouterr().err
     assert "OOD features of train: 100%" in err and "decoding val: 100%" in err
     assert "warning: the OOD cut-off is meaningless" in err
+
+
+def test_python_dash_m_pneumoscan_is_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "pneumoscan", "--version"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0 and done.stdout.startswith("pneumoscan ")
