@@ -25,8 +25,10 @@ def shown() -> bool:
 
 def bar(total: int, desc: str, unit: str = "image") -> tqdm:
     """A tqdm bar on stderr that is silent unless shown(); use it as a context manager."""
+    # Every update is drawn (updates come per chunk of images, not per image): a fast step
+    # still shows its 100% instead of depending on how long it took.
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not shown(),
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True, leave=False, mininterval=0, miniters=1)
 
 
 def chunks(total: int, desc: str, size: int = CHUNK) -> Iterator[slice]:
