@@ -29,8 +29,8 @@ def gates(run: str, data_dir: str) -> dict:
     e = Explainer.from_checkpoint(run)
     records, images, ok, _ = split_images(load_records(data_dir), e.ckpt, "val", data_dir)
     y = np.array([records[i].target for i in ok])
-    probs, _, ood_scores = e.class_scores(images)
-    flagged = np.flatnonzero((y == 1) & (probs >= e.threshold))[::3][:60]
+    probs, _, ood_scores = e.predictor.class_scores(images)
+    flagged = np.flatnonzero((y == 1) & (probs >= e.ckpt.threshold))[::3][:60]
     x, p = images[flagged], probs[flagged]
     maps = e.maps(x)
     out = {"run": run, "n_deletion": len(flagged)}

@@ -19,7 +19,8 @@ from pneumoscan.inference.runtime import make_predictor, shipped_graph
 from .conftest import EXAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_SIDE = ("torch", "torchvision", "timm", "lightning", "captum", "sklearn", "onnx")
+TORCH_SIDE = ("torch", "torchvision", "timm", "lightning", "captum", "sklearn", "onnx",
+              "matplotlib")
 
 
 def _run(code: str, tmp_path: Path, block_torch: bool = False) -> subprocess.CompletedProcess:

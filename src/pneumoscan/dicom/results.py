@@ -29,10 +29,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from highdicom.sr import CodedConcept
-from PIL import Image, ImageDraw, ImageFont
 from pydicom.sr.codedict import codes
 
-from ..explain.cam import heatmap_rgba
+from ..explain.render import annotated
 
 MANUFACTURER = "pneumoscan"
 SC_SERIES_NUMBER, SR_SERIES_NUMBER = 9901, 9902  # high: clear of the modality's own series
@@ -118,26 +117,12 @@ def read_source(path) -> pydicom.Dataset:
         return pydicom.dcmread(path, stop_before_pixels=True, force=True)
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def render_overlay(gray: np.ndarray, heatmap: np.ndarray | None, finding: Finding,
                    model: ModelIdentity, method: str = "Grad-CAM") -> np.ndarray:
     """(H, W) uint8 displayed X-ray and (H, W) map in [0, 1] (or None) -> (h, w, 3) uint8
     RGB: the X-ray scaled to DISPLAY_SIDE on its long side, the map blended over it as the
     PNG overlays are (turbo, opacity growing with the value), and a black text band below."""
 
-    height, width = gray.shape
-    scale = DISPLAY_SIDE / max(height, width)
-    size = (max(2, round(width * scale)), max(2, round(height * scale)))
-    base = Image.fromarray(gray, "L").convert("RGBA")
-    if heatmap is not None:
-        base = Image.alpha_composite(base, Image.fromarray(heatmap_rgba(heatmap), "RGBA"))
-    image = base.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     label = finding.label or "no label"
     lines = [f"pneumoscan: {label}  p(pneumonia) = {finding.probability:.4f}  "
              f"threshold {model.threshold:.4f}"]
@@ -147,15 +132,7 @@ def render_overlay(gray: np.ndarray, heatmap: np.ndarray | None, finding: Findin
         lines.append("WARNING: image unlike the training X-rays; probability unreliable")
     lines += [f"model {model.tag}; overlay: {method if heatmap is not None else 'none'}",
               NOT_FOR_DIAGNOSTIC_TEXT]
-    font_px = max(12, size[0] // 48)
-    band = round(font_px * 1.35) * len(lines) + font_px
-    out = Image.new("RGB", (size[0], size[1] + band), "black")
-    out.paste(image, (0, 0))
-    draw, font = ImageDraw.Draw(out), _font(font_px)
-    for i, line in enumerate(lines):
-        draw.text((font_px // 2, size[1] + font_px // 2 + i * round(font_px * 1.35)), line,
-                  fill=(255, 255, 0) if line == NOT_FOR_DIAGNOSTIC_TEXT else "white", font=font)
-    return np.asarray(out, dtype=np.uint8)
+    return annotated(gray, heatmap, lines, DISPLAY_SIDE, highlight=NOT_FOR_DIAGNOSTIC_TEXT)
 
 
 def _source_reference(source: pydicom.Dataset) -> pydicom.Dataset:

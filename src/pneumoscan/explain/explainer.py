@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import decisions
 from ..core.errors import CheckpointError, NeedsTrainingExtra
 from ..data.decode import ImageError, load_gray_original, load_many
 from ..inference.predictor import Predictor
@@ -105,13 +104,11 @@ class Explainer:
             arr, ok, errors = load_many(chunk, prep.input_size, prep.interpolation,
                                           storage_quality=prep.storage_quality)
             maps = self.native_maps(arr, method, target, occlusion_settings)
-            logits = self.predictor.logits(arr)
-            scores = zip(maps, decisions.probabilities_from_logits(logits, self.ckpt),
-                         decisions.class_probabilities(logits, self.ckpt))
-            found = dict(zip(ok, scores))
+            # The scores predict gives (OOD gate included), from one forward pass.
+            found = dict(zip(ok, zip(maps, *self.predictor.class_scores(arr)))) if ok else {}
             for j, path in enumerate(chunk):
                 yield self._one(path, method, target, errors.get(j),
-                                *found.get(j, (None, None, None)))
+                                *found.get(j, (None, None, None, None)))
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -121,7 +118,7 @@ class Explainer:
         return list(self.iter_explain(paths, method, **kwargs))
 
     def _one(self, path: str, method: str, target: int | None, error: str | None, heatmap,
-             probability, class_probs) -> Explanation:
+             probability, class_probs, ood_score) -> Explanation:
         e = Explanation(str(path), method, target)
         if error is not None:
             e.error = (f"{path}: folder holds no image files" if Path(path).is_dir() else error)
@@ -133,8 +130,9 @@ class Explainer:
             return e
         height, width = e.image.shape
         e.heatmap = resize_map(heatmap, width, height)
-        # The same Prediction predict prints (explain computes no OOD score).
-        p = self.predictor.prediction(path, probability, class_probs, float("nan"))
+        # The same Prediction predict prints.
+        p = self.predictor.prediction(path, probability, class_probs, ood_score)
         e.probability, e.label = p.probability, p.label
         e.class_probabilities, e.etiology = p.class_probabilities, p.etiology
+        e.ood_flagged, e.warnings = p.ood.flagged, p.warnings
         return e

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,3 +38,7 @@ class Explanation:
     # As in Prediction: every class's probability; K-class models' likelier etiology.
     class_probabilities: dict[str, float] | None = None
     etiology: str | None = None
+    # As in Prediction: the OOD gate's verdict (None without a gate) and what to show beside
+    # the map (label is None for a flagged image).
+    ood_flagged: bool | None = None
+    warnings: list[str] = field(default_factory=list)
