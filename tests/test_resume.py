@@ -67,7 +67,7 @@ def test_resumed_run_matches_an_uninterrupted_one(killed_and_resumed, small_data
     assert not model.training and ckpt.config == run_config(run_dir).to_dict()
     whole = fit(load_config(None, OVERRIDES), small_data, tmp_path / "whole")
     a, b = _history(run_dir), _history(whole.dir)
-    assert [r["epoch"] for r in a] == [0, 1, 2]  # history survives the kill
+    assert [r["epoch"] for r in a] == [1, 2, 3]  # history survives the kill
     for ra, rb in zip(a, b):
         assert ra.pop("epoch_seconds") > 0 and rb.pop("epoch_seconds") > 0  # wall time differs
         for key in ra:

@@ -74,6 +74,7 @@ def test_ema_run_validates_and_ships_the_averaged_weights(small_data, tmp_path):
     assert json.loads((ema.dir / "model.json").read_text())["config"]["ema_decay"] == 0.9
     # What validation scored in the chosen epoch is what was shipped.
     rows = list(csv.DictReader(open(ema.dir / "history.csv")))
-    assert float(rows[ema.best_epoch]["val_auroc"]) == pytest.approx(ema.val_metrics["auroc"])
+    chosen = next(r for r in rows if int(r["epoch"]) == ema.best_epoch)  # counted from 1
+    assert float(chosen["val_auroc"]) == pytest.approx(ema.val_metrics["auroc"])
     with pytest.raises(ConfigError, match="ema_decay"):
         load_config(None, ["ema_decay=1.0"])

@@ -22,8 +22,15 @@ from .commands.training import (
     cmd_fit_ood,
     cmd_train,
 )
+from .core import progress
 from .core.config import ConfigError
-from .core.errors import CheckpointError, ExportError, NeedsTrainingExtra
+from .core.errors import (
+    CheckpointError,
+    ExportError,
+    ModelUnavailable,
+    NeedsTrainingExtra,
+    describe_os_error,
+)
 from .data import DatasetNotFound, ManifestError
 
 # Packages of the training extra: a verb that imports one in an inference-only install says
@@ -43,10 +50,11 @@ def _manifest_arg(p: argparse.ArgumentParser) -> None:
                         "instead of --data; relative paths are from the CSV's folder")
 
 
-def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="run folder or its model.json, or an ensemble folder (default: the "
-                        "shipped model)")
+def _model_arg(p: argparse.ArgumentParser, ensemble: bool = True,
+               default: str = "the shipped model") -> None:
+    what = ("run folder or its model.json, or an ensemble folder" if ensemble else
+            "one run folder or its model.json, not an ensemble")
+    p.add_argument("--model", default=None, help=f"{what} (default: {default})")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept a .pt/.ckpt pickle as --model, read weights-only (trusted "
                         "files only; model.json beside it still gives the contract)")
@@ -56,6 +64,12 @@ def _tta_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over small shifts and zooms "
                         "(7 passes; the stored threshold was chosen without it)")
+
+
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action="store_true",
+                   help="show progress on stderr even when it is not a terminal (it is shown "
+                        "on a terminal anyway; never on stdout)")
 
 
 def _dicom_out_arg(p: argparse.ArgumentParser) -> None:
@@ -115,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="site adaptation to the split's own unlabelled images (BatchNorm "
                         "statistics, EM prior shift, or both); unadapted figures beside")
     _tta_arg(p)
+    _progress_arg(p)
 
     p = sub.add_parser("ensemble", help="average several runs; writes OUT/ensemble.json with "
                                         "a threshold chosen on val")
@@ -129,12 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the threshold is chosen: the carved val split the members "
                         "share (default), or the official val folder (members on different "
                         "splits)")
+    _progress_arg(p)
 
     p = sub.add_parser("calibrate", help="fit the temperature on val; rewrites only model.json. "
                                          "With --site: a threshold for a new site, written "
                                          "into a new run folder")
     _data_arg(p)
-    _model_arg(p)
+    _model_arg(p, ensemble=False, default="none, it is required; with --site: the shipped "
+                                          "model, which is read, never modified")
     p.add_argument("--site", default=None, metavar="DIR",
                    help="labelled images of your site in DIR/NORMAL and DIR/PNEUMONIA: set the "
                         "threshold that keeps --target-sensitivity with --confidence on them "
@@ -145,16 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --site: sensitivity to keep (default 0.97)")
     p.add_argument("--confidence", type=float, default=0.95,
                    help="with --site: confidence of the sensitivity bound (default 0.95)")
+    _progress_arg(p)
 
     p = sub.add_parser("fit-ood", help="fit the out-of-distribution gate on train/val; "
                                        "writes ood.safetensors and rewrites model.json")
     _data_arg(p)
-    _model_arg(p)
+    _model_arg(p, ensemble=False, default="none, it is required: a shipped model is never modified")
     p.add_argument("--target-false-reject", type=float, default=0.005,
                    help="share of val X-rays allowed above the threshold (default 0.005)")
+    _progress_arg(p)
 
     p = sub.add_parser("model-card", help="write a model card from a report's metrics.json")
-    _model_arg(p)
+    _model_arg(p, ensemble=False)
     p.add_argument("--metrics", required=True,
                    help="metrics.json written by 'pneumoscan evaluate --report'")
     p.add_argument("--out", default="MODEL_CARD.md", help="Markdown file to write")
@@ -179,19 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-ood", action="store_true",
                    help="give images the out-of-distribution gate flags a NORMAL/PNEUMONIA "
                         "label too (default: no label, only the warning)")
+    _progress_arg(p)
 
     p = sub.add_parser("explain", help="heatmap overlays (Grad-CAM or occlusion) per image")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--method", choices=("gradcam", "occlusion"), default="gradcam")
     p.add_argument("--out", default="explanations", help="folder for the PNGs (and .npy)")
-    _model_arg(p)
+    _model_arg(p, ensemble=False)
     p.add_argument("--save-npy", action="store_true",
                    help="also write the raw map (original size, float32 in [0, 1]) as .npy")
     _dicom_out_arg(p)
 
     p = sub.add_parser("export", help="export a model to ONNX (+ INT8), parity-checked")
     _data_arg(p)
-    _model_arg(p)
+    _model_arg(p, ensemble=False)
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", default="model.onnx", help="the .onnx file to write")
     p.add_argument("--int8", action="store_true",
@@ -199,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web", default=None, metavar="DIR",
                    help="instead, write a static site into DIR that screens X-rays in the "
                         "browser (ONNX Runtime Web): images never leave the user's machine")
+    _progress_arg(p)
 
     p = sub.add_parser("bench", help="speed figures of every runtime, side by side")
     _data_arg(p)
@@ -206,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="fewer images (24 originals, 78 test), no INT8/training (~1 min)")
     p.add_argument("--repeats", type=int, default=3)
+    _progress_arg(p)
 
     p = sub.add_parser("serve", help="web page and REST API (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
@@ -265,13 +287,17 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    progress.force(getattr(args, "progress", False))
     for chatty in ("highdicom", "httpx"):  # a line per copied module, per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except (DatasetNotFound, CheckpointError, ConfigError, ExportError, ManifestError,
-            NeedsTrainingExtra) as e:
+            ModelUnavailable, NeedsTrainingExtra) as e:
         print(f"pneumoscan {args.command}: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as e:  # a folder that cannot be written, a full disk, a missing file
+        print(f"pneumoscan {args.command}: {describe_os_error(e)}", file=sys.stderr)
         return USAGE_ERROR
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] not in TRAIN_ONLY:

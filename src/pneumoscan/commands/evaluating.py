@@ -187,6 +187,11 @@ def cmd_calibrate(args) -> int:
     print(f"{s['model']}: temperature {s['temperature']:.4f} (fitted on {s['n_val']} val "
           f"images), threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f}, val ECE "
           f"{s['val_ece_before']:.4f} -> {s['val_ece_after']:.4f}; model.json rewritten")
+    from ..evaluation import meaningful
+
+    warning = meaningful.temperature(s["temperature"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -225,7 +230,11 @@ def _calibrate_site(args) -> int:
 
 
 def cmd_model_card(args) -> int:
-    from ..evaluation.model_card import write_model_card
+    from ..evaluation.model_card import ModelCardError, write_model_card
 
-    print(f"model card: {write_model_card(args.model, args.metrics, args.out)}")
+    try:
+        print(f"model card: {write_model_card(args.model, args.metrics, args.out)}")
+    except ModelCardError as e:
+        print(f"pneumoscan model-card: {e}", file=sys.stderr)
+        return USAGE_ERROR
     return 0

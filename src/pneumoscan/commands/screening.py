@@ -25,8 +25,11 @@ def cmd_predict(args) -> int:
         print("pneumoscan predict: --explain and --dicom-out need one model (not an "
               "ensemble); explain a member run instead", file=sys.stderr)
         return USAGE_ERROR
+    from ..core import progress
+
     predictor.label_ood = args.label_ood
-    results = predictor.predict(paths)
+    results = [r for s in progress.chunks(len(paths), "predict")
+               for r in predictor.predict(paths[s])]
     rows = [r.to_dict() for r in results]
     columns = Prediction.csv_columns(predictor.ckpt.labels)
     flat = [r.csv_row() for r in results]

@@ -41,7 +41,7 @@ def cmd_train(args) -> int:
         run = fit(cfg, _data_dir(args), args.out)
     m = run.val_metrics
     if m:
-        print(f"run folder: {run.dir}\nbest epoch {run.best_epoch + 1}, {run.seconds:.0f} s; "
+        print(f"run folder: {run.dir}\nbest epoch {run.best_epoch}, {run.seconds:.0f} s; "
               f"val AUROC {m['auroc']:.4f}, threshold {m['threshold']:.4f} "
               f"(sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f})")
         if "class_accuracy" in m:
@@ -50,6 +50,8 @@ def cmd_train(args) -> int:
                   f"{m['bacterial_vs_viral_accuracy']:.4f}")
     if run.skipped:
         print(f"{len(run.skipped)} unreadable images skipped, listed in {run.dir}/skipped.txt")
+    for message in run.warnings:
+        print(f"warning: {message}", file=sys.stderr)
     return 0
 
 
@@ -60,6 +62,8 @@ def _train_seeds(args, cfg, seeds: str) -> int:
     runs, path = train_seeds(cfg, parse_seeds(seeds), _data_dir(args), out)
     for r in runs:
         print(f"run folder: {r.dir}; val AUROC {r.val_metrics['auroc']:.4f}")
+        for message in r.warnings:
+            print(f"warning: {r.dir.name}: {message}", file=sys.stderr)
     m = json.loads(path.read_text())["val_metrics"]
     print(f"ensemble: {path.parent}; val AUROC {m['auroc']:.4f}, threshold "
           f"{m['threshold']:.4f} (sensitivity {m['sensitivity']:.3f}, specificity "
@@ -90,6 +94,8 @@ def cmd_fit_ood(args) -> int:
     print(f"OOD gate: {g['components']} components fitted on {g['n_train']} train images, "
           f"threshold {g['threshold']:.2f} for {g['target_false_reject']:.1%} false rejects "
           f"on {g['n_val']} val images; ood.safetensors written, model.json rewritten")
+    if g["warning"]:
+        print(f"warning: {g['warning']}", file=sys.stderr)
     return 0
 
 

@@ -102,7 +102,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     """Defaults, updated by a YAML file, then by `key=value` strings."""
     values: dict = {}
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: "
+                              f"{str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
         values.update(data)
@@ -113,15 +119,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         values[k.strip()] = v.strip()
     known = _check_keys(values)
     typed = {k: _coerce(k, v, known[k]) for k, v in values.items()}
-    if typed.get("task", "binary") not in TASKS:
-        raise ConfigError(f"config key 'task' is one of {', '.join(TASKS)}, got {typed['task']!r}")
-    if not 0.0 <= typed.get("ema_decay", 0.0) < 1.0:
-        raise ConfigError("config key 'ema_decay' is in [0, 1) (0 = off), "
-                          f"got {typed['ema_decay']}")
-    if not 0.0 < typed.get("aug_crop_scale", 0.75) <= 1.0:
-        raise ConfigError("config key 'aug_crop_scale' is in (0, 1] (share of the area kept), "
-                          f"got {typed['aug_crop_scale']}")
-    return replace(TrainConfig(), **typed)
+    cfg = replace(TrainConfig(), **typed)
+    check_values(cfg)
+    return cfg
+
+
+# Each numeric key's allowed range: (low, high, low included, high included); None = unbounded.
+RANGES = {
+    "image_size": (32, None, True, True), "val_fraction": (0.0, 0.5, False, False),
+    "epochs": (1, None, True, True), "patience": (0, None, True, True),
+    "batch_size": (1, None, True, True), "lr": (0.0, None, False, True),
+    "weight_decay": (0.0, None, True, True), "warmup_epochs": (0.0, None, True, True),
+    "target_sensitivity": (0.0, 1.0, False, True),
+    "aug_rotation": (0.0, 180.0, True, True), "aug_translate": (0.0, 1.0, True, True),
+    "aug_zoom": (0.0, 1.0, True, False), "aug_brightness": (0.0, None, True, True),
+    "aug_contrast": (0.0, None, True, True), "aug_degrade": (0.0, 1.0, True, True),
+    "aug_crop_aspect": (0.0, None, True, True), "aug_crop_scale": (0.0, 1.0, False, True),
+    "aug_acquisition": (0.0, 1.0, True, True), "ema_decay": (0.0, 1.0, True, False),
+    "limit_per_class": (0, None, True, True), "num_workers": (0, None, True, True),
+    "cache_budget_gb": (0.0, None, True, True), "num_nodes": (1, None, True, True),
+}
+
+
+def _range_text(low, high, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the first key whose value cannot be used."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"config key 'task' is one of {', '.join(TASKS)}, got {cfg.task!r}")
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        v = getattr(cfg, key)
+        ok = ((v >= low if low_in else v > low)
+              and (high is None or (v <= high if high_in else v < high)))
+        if not ok or v != v:  # v != v: NaN
+            raise ConfigError(f"config key '{key}' must be "
+                              f"{_range_text(low, high, low_in, high_in)}, got {v}")
 
 
 def config_from_dict(d: dict) -> TrainConfig:

@@ -217,6 +217,14 @@ def split_train_val(records: list[Record], val_fraction: float, seed: int,
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     n_splits = max(2, round(1 / val_fraction))
     y = np.array([r.target for r in pool])
+    fewest = min((int((y == t).sum()) for t in (0, 1)), default=0)
+    if fewest < n_splits:  # sklearn's own error names neither the cause nor the keys
+        from ..core.config import ConfigError
+
+        raise ConfigError(f"the train split holds {fewest} images of its smallest class, too "
+                          f"few to carve val_fraction={val_fraction} out of it (at least "
+                          f"{n_splits} needed): raise limit_per_class (now {per_class}) or "
+                          f"val_fraction, or add images")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(cv.split(np.zeros(len(pool)), y, _groups(pool)))
     return [pool[i] for i in sorted(train_idx)], [pool[i] for i in sorted(val_idx)]

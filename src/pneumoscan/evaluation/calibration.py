@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from ..core import progress
 from ..core.decisions import class_probabilities, probabilities_from_logits
 from ..core.decisions import scaled_sigmoid as probabilities
 from ..data import class_index
-from ..data.decode import load_many
+from ..data.batches import load_many_shown
 from ..data.runs import split_of_run
 from ..inference.torch_backend import predict_logits
 from ..models import weights as checkpoint
@@ -39,11 +40,12 @@ def temperature_of(ckpt: checkpoint.Checkpoint) -> float:
 def score_records(model: nn.Module, ckpt: checkpoint.Checkpoint, records: list):
     """Decode and score records -> (kept records, targets, logits, skipped messages)."""
     prep = ckpt.preprocessing
-    images, ok, errors = load_many([r.path for r in records], prep.input_size,
-                                   prep.interpolation, storage_quality=prep.storage_quality)
+    images, ok, errors = load_many_shown([r.path for r in records], prep.input_size,
+                                         prep.interpolation, prep.storage_quality)
     kept = [records[i] for i in ok]
     targets = np.array([class_index(r, ckpt.labels) for r in kept], dtype=int)
-    return kept, targets, predict_logits(model, ckpt, images), list(errors.values())
+    logits = progress.batched(lambda x: predict_logits(model, ckpt, x), images, "scoring")
+    return kept, targets, logits, list(errors.values())
 
 
 def calibrate_checkpoint(ckpt: checkpoint.Checkpoint, y_val: np.ndarray,

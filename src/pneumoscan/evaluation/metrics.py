@@ -177,6 +177,9 @@ def logit(p: float) -> float:
     return float(np.log(p) - np.log1p(-p))
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search range of fit_temperature(_multiclass)
+
+
 def fit_temperature(y_true: np.ndarray, logits: np.ndarray) -> float:
     """The single temperature T > 0 minimising the NLL of sigmoid(logits / T).
 
@@ -192,7 +195,7 @@ def fit_temperature(y_true: np.ndarray, logits: np.ndarray) -> float:
         s = z / np.exp(log_t)  # log(1 + e^-s) for positives, log(1 + e^s) for negatives
         return float(np.mean(np.logaddexp(0.0, np.where(y == 1, -s, s))))
 
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+    res = minimize_scalar(nll, bounds=np.log(TEMPERATURE_BOUNDS), method="bounded",
                           options={"xatol": 1e-6})
     return float(np.exp(res.x))
 
@@ -310,7 +313,7 @@ def fit_temperature_multiclass(y_true: np.ndarray, logits: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         return float(-np.mean(log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y]))
 
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+    res = minimize_scalar(nll, bounds=np.log(TEMPERATURE_BOUNDS), method="bounded",
                           options={"xatol": 1e-6})
     return float(np.exp(res.x))
 

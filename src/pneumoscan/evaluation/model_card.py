@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.errors import writing_into
 from ..models import weights as checkpoint
 
 DISCLAIMER = ("**Not for clinical use.** pneumoscan is a research tool. Its output is not a "
@@ -14,14 +15,39 @@ NAMES = {"auroc": "AUROC", "accuracy": "accuracy", "sensitivity": "sensitivity",
          "specificity": "specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1"}
 
 
+class ModelCardError(ValueError):
+    """A metrics.json that cannot be read, or that holds no evaluation of the model."""
+
+
 def _pick(metrics: dict, folder: Path) -> dict:
-    """The entry of metrics.json that belongs to the model at `folder`."""
+    """The entry of metrics.json that evaluated the weights in `folder`, matched by their
+    checksum (the path a report shows is relative to where it was run)."""
     entries = metrics.get("models", [metrics])
+    sha = checkpoint.file_sha256(folder / checkpoint.WEIGHTS)
     for m in entries:
-        if Path(m["provenance"]["model"]).resolve() == folder.resolve():
+        if m.get("provenance", {}).get("weights_sha256") == sha:
             return m
-    raise ValueError(f"metrics.json holds no evaluation of {folder} (it has: "
-                     f"{', '.join(m['provenance']['model'] for m in entries)})")
+    shown = ", ".join(f"{m.get('provenance', {}).get('model', '?')} (weights sha256 "
+                      f"{str(m.get('provenance', {}).get('weights_sha256'))[:12]}...)"
+                      for m in entries)
+    raise ModelCardError(f"metrics.json holds no evaluation of {folder} (weights sha256 "
+                         f"{sha[:12]}...); it has: {shown}")
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A report's metrics.json, or ModelCardError saying why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelCardError(f"--metrics {path}: no such file; write one with 'pneumoscan "
+                             f"evaluate --model RUN --report DIR' (DIR/metrics.json)")
+    try:
+        metrics = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelCardError(f"--metrics {path}: not a metrics.json ({e})") from None
+    if not isinstance(metrics, dict) or not ("headline" in metrics or "models" in metrics):
+        raise ModelCardError(f"--metrics {path}: not the metrics.json of 'pneumoscan evaluate "
+                             f"--report'")
+    return metrics
 
 
 def _marker(point: dict) -> str:
@@ -214,8 +240,10 @@ def write_model_card(model_path, metrics_path: str | Path, out: str | Path) -> P
     """
     folder = checkpoint.resolve(model_path)
     _, ckpt = checkpoint.load(folder)
-    m = _pick(json.loads(Path(metrics_path).read_text()), folder)
+    m = _pick(read_metrics(metrics_path), folder)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_card(m, ckpt))
+    text = render_card(m, ckpt)
+    with writing_into(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     return out

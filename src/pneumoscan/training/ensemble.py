@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..core import progress
 from ..core.config import TrainConfig, config_from_dict
 from ..core.preprocessing import Preprocessing
 from ..data import load_records, select
-from ..data.decode import load_many
+from ..data.batches import load_many_shown
 from ..evaluation.metrics import binary_metrics, threshold_for_sensitivity
 from ..inference.ensemble import (  # noqa: F401 (their names, for ensemble's users)
     FILE,
@@ -110,15 +111,17 @@ def build(member_paths: list[str | Path], out_dir: str | Path, data_dir: str | P
     recs = select(records, threshold_split, cfg.val_fraction, cfg.data_seed,
                   cfg.limit_per_class)
     prep: Preprocessing = members[0].ckpt.preprocessing
-    images, ok, errors = load_many([r.path for r in recs], prep.input_size, prep.interpolation,
-                                     storage_quality=prep.storage_quality)
+    images, ok, errors = load_many_shown([r.path for r in recs], prep.input_size,
+                                         prep.interpolation, prep.storage_quality,
+                                         f"decoding {threshold_split}")
     y = np.array([recs[i].target for i in ok])
     if len(np.unique(y)) < 2:
         raise EnsembleError(f"split '{threshold_split}' of {data_dir} lacks a class; "
                             f"cannot choose a threshold there")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    p = np.mean([m.probabilities(images) for m in members], axis=0)
+    p = np.mean([progress.batched(m.probabilities, images, f"scoring member {k + 1}")
+                 for k, m in enumerate(members)], axis=0)
     threshold = threshold_for_sensitivity(y, p, cfg.target_sensitivity)
     meta = {
         "format": FORMAT,

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from ..core import progress
 from ..data import load_records
-from ..data.decode import load_many
+from ..data.batches import load_many_shown
 from ..data.runs import split_of_run
+from ..evaluation import meaningful
 from ..inference.ood import scores
 from ..inference.torch_backend import logits_and_features, pooled_features  # noqa: F401
 from ..models import weights as checkpoint
@@ -54,8 +56,12 @@ def fit_gate(model: nn.Module, ckpt: checkpoint.Checkpoint, train_images: np.nda
              val_images: np.ndarray, target_false_reject: float = TARGET_FALSE_REJECT,
              components: int = COMPONENTS) -> tuple[dict, dict]:
     """Statistics from train features, threshold from val scores: (tensors, model.json entry)."""
-    stats = fit_stats(logits_and_features(model, ckpt, train_images)[1], components)
-    val_scores = scores(logits_and_features(model, ckpt, val_images)[1], stats)
+    def features(images, split):
+        return progress.batched(lambda x: logits_and_features(model, ckpt, x), images,
+                                f"OOD features of {split}")[1]
+
+    stats = fit_stats(features(train_images, "train"), components)
+    val_scores = scores(features(val_images, "val"), stats)
     threshold = float(np.quantile(val_scores, 1.0 - target_false_reject, method="higher"))
     meta = {"method": "mahalanobis-ppca", "features": "global average of the target layer",
             "components": int(stats["axes"].shape[0]), "threshold": threshold,
@@ -77,9 +83,9 @@ def fit_for_run(model_path: str | Path | None, data_dir: str | Path,
     arrays = {}
     for split in ("train", "val"):
         recs = split_of_run(ckpt.config, records, split)
-        arrays[split] = load_many([r.path for r in recs], prep.input_size,
-                                  prep.interpolation,
-                                  storage_quality=prep.storage_quality)[0]
+        arrays[split] = load_many_shown([r.path for r in recs], prep.input_size,
+                                        prep.interpolation, prep.storage_quality,
+                                        f"decoding {split}")[0]
     stats, meta = fit_gate(model, ckpt, arrays["train"], arrays["val"], target_false_reject)
     checkpoint.save_ood(ckpt.extra["path"], stats, meta)
-    return meta
+    return {**meta, "warning": meaningful.ood_cutoff(meta, len(stats["mean"]))}

@@ -6,7 +6,7 @@ import csv
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import __version__
 from ..core.config import TrainConfig
 from ..core.decisions import head_output
+from ..core.errors import ModelUnavailable
 from ..core.preprocessing import Preprocessing
 from ..data import (
     LABELS,
@@ -31,15 +32,17 @@ from ..data import (
     task_labels,
     write_manifest,
 )
+from ..evaluation import meaningful
 from ..evaluation.calibration import calibrate_checkpoint
 from ..evaluation.metrics import auroc, binary_metrics, macro_auroc, threshold_for_sensitivity
 from ..evaluation.plots import training_curves
 from ..inference.torch_backend import predict_arrays, predict_logits
 from ..models import weights as checkpoint
-from ..models.registry import create_model
+from ..models.registry import check_available, create_model
 from ..models.transforms import to_model_input, train_augmentation
 from . import resume
 from .ood import fit_gate
+from .outputs import first_missing, quiet_lightning, removed_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,10 @@ log = logging.getLogger(__name__)
 class Run:
     dir: Path
     val_metrics: dict
-    best_epoch: int
+    best_epoch: int  # counted from 1, as history.csv, model.json and the command line count
     seconds: float
     skipped: list[str]
+    warnings: list[str] = field(default_factory=list)  # settings fitted on too little data
 
 
 class ImageSet(Dataset):
@@ -141,7 +145,7 @@ class LitClassifier(L.LightningModule):
             return
         m = self._summarise("val")
         self.log_dict(m, prog_bar=True, sync_dist=False)
-        self.history.append({"epoch": self.current_epoch, **m})
+        self.history.append({"epoch": self.current_epoch + 1, **m})  # counted from 1
 
     def on_train_epoch_start(self):
         self._epoch_t0 = time.perf_counter()
@@ -152,7 +156,7 @@ class LitClassifier(L.LightningModule):
         m = {**self._summarise("train"),
              "epoch_seconds": round(time.perf_counter() - self._epoch_t0, 1)}
         self.log_dict(m, sync_dist=False)
-        if self.history and self.history[-1]["epoch"] == self.current_epoch:
+        if self.history and self.history[-1]["epoch"] == self.current_epoch + 1:
             self.history[-1].update(m)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -224,27 +228,42 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     """Train `cfg.model` on the train folder (or manifest CSV's train rows) of `data_dir`,
     select on the carved val split.
     With resume_run, continue the killed run in `run_dir` from its lightning/last.ckpt
-    (weights, optimizer, scheduler, epoch, early stopping, RNG); `cfg` must be its config."""
+    (weights, optimizer, scheduler, epoch, early stopping, RNG); `cfg` must be its config.
+    Everything that can be checked is checked before the run folder is made; a run that fails
+    later removes the folder it made."""
     t0 = time.perf_counter()
     labels = task_labels(cfg.task)
     binary = labels == LABELS
-    provenance = {"package_version": __version__, **checkpoint.git_state()}
-    L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(run_dir or Path(cfg.out_dir) / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}")
     ckpt_path = resume.last_checkpoint(run_dir) if resume_run else None  # fail before writing
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume_run:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
+    try:
+        check_available(cfg.model, cfg.pretrained)
+    except ModelUnavailable as e:
+        raise ModelUnavailable(f"config key 'model': {e}") from None
     train_recs, val_recs = split_train_val(load_records(data_dir), cfg.val_fraction, cfg.data_seed,
                                            cfg.limit_per_class)
     # The split depends on the binary label only, so both tasks share the val patients.
     if not binary:  # fail on a pneumonia image without etiology before decoding anything
         for r in train_recs + val_recs:
             class_index(r, labels)
+    created = None if resume_run else first_missing(run_dir)  # never a --resume folder
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with removed_on_failure(run_dir, created), quiet_lightning():
+        return _fit(cfg, run_dir, train_recs, val_recs, ckpt_path, t0)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, train_recs: list[Record], val_recs: list[Record],
+         ckpt_path: Path | None, t0: float) -> Run:
+    """fit() in the run folder it made: decode, train, choose the threshold, save."""
+    labels = task_labels(cfg.task)
+    binary = labels == LABELS
+    resume_run = ckpt_path is not None
+    provenance = {"package_version": __version__, **checkpoint.git_state()}
+    L.seed_everything(cfg.seed, workers=True)
     if resume_run:
         resume.check_same_split(run_dir, train_recs + val_recs)
     else:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_manifest(train_recs + val_recs, run_dir / "split.csv")
     prep = Preprocessing(input_size=cfg.image_size)
     mode = cache.resolve_mode(cfg.cache, len(train_recs) + len(val_recs), prep.input_size,
@@ -298,7 +317,8 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
         num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=resolve_precision(cfg.precision),
         callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
         plugins=[resume.AtomicCheckpointIO()],
-        default_root_dir=run_dir, num_sanity_val_steps=0, log_every_n_steps=10,
+        default_root_dir=run_dir, num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(10, len(train_dl))),  # a tiny run logs its epoch too
         deterministic="warn", enable_model_summary=False)
     trainer.fit(lit, train_dl, val_dl, ckpt_path=ckpt_path, weights_only=True)
     if trainer.global_rank != 0:
@@ -322,7 +342,7 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
     # Then a temperature on the same val logits; the binary threshold moves with it, labels
     # do not. K classes: the threshold on 1 - P(NORMAL) is chosen there, after T (same rule).
     calibrate_checkpoint(ckpt, y_va.astype(int), predict_logits(final, ckpt, x_va))
-    best_epoch = int(best.get("epoch", -1))
+    best_epoch = int(best.get("epoch", -2)) + 1  # Lightning counts epochs from 0
     seconds = time.perf_counter() - t0
     ckpt.extra.update({**provenance, "best_epoch": best_epoch, "train_seconds": round(seconds, 1),
                        "n_train": int(len(x_tr)), "n_val": int(len(x_va)),
@@ -331,5 +351,10 @@ def fit(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path | None = Non
                                          + ("" if binary else " on 1 - P(NORMAL)"),
                        "created": datetime.now().isoformat(timespec="seconds")})
     checkpoint.save(run_dir, final, ckpt, dtype=torch.float16)
-    checkpoint.save_ood(run_dir, *fit_gate(final, ckpt, x_tr, x_va))  # same train/val split
-    return Run(run_dir, ckpt.val_metrics, best_epoch, seconds, skipped)
+    stats, ood = fit_gate(final, ckpt, x_tr, x_va)  # the same train/val split
+    checkpoint.save_ood(run_dir, stats, ood)
+    notes = [meaningful.val_size(y_va, list(labels)),
+             meaningful.temperature(ckpt.temperature),
+             meaningful.ood_cutoff(ood, len(stats["mean"]))]
+    return Run(run_dir, ckpt.val_metrics, best_epoch, seconds, skipped,
+               [n for n in notes if n])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core import progress
 from ..core.decisions import probabilities_from_logits
 from ..core.tables import table
 from ..data import scan, select
@@ -104,16 +105,19 @@ class NaivePipeline:
 
 def end_to_end(pipelines: dict, sets: dict[str, list[str]], repeats: int) -> list[dict]:
     rows = []
+    shown = progress.bar(len(sets) * len(pipelines), "bench: end to end", unit="pipeline")
     for set_name, paths in sets.items():
         base = None
         for name, predict in pipelines.items():
             s = median_time(lambda f=predict, p=paths: f(p), repeats,
                             warm_up=lambda f=predict, p=paths: f(p[:8]))
+            shown.update()
             ips = len(paths) / s
             base = base or ips
             rows.append({"images": set_name, "n": len(paths), "pipeline": name,
                          "images_per_s": round(ips, 1), "x_naive": round(ips / base, 2),
                          "peak_rss_mb": round(peak_rss_mb())})
+    shown.close()
     return rows
 
 
@@ -219,6 +223,7 @@ def run(opts: BenchOptions) -> dict:
         originals, test = originals[:24], test[::8]  # enough that start-up costs don't dominate
     sets = {"full-size originals": originals, "test split 224 px": test}
     tmp = Path(tempfile.mkdtemp(prefix="pneumoscan-bench-"))
+    progress.step("bench: exporting the shipped model to ONNX")
     export_from_data(None, tmp / "model.onnx", opts.data_dir, int8=not opts.quick)
     onnx_paths = {"onnx fp32": tmp / "model.onnx"}
     if not opts.quick:
@@ -236,12 +241,15 @@ def run(opts: BenchOptions) -> dict:
             Predictor(*OnnxBackend.from_file(path)).predict
     repeats = 1 if opts.quick else opts.repeats
     out = {"machine": info, "repeats": repeats,
-           "end_to_end": end_to_end(pipelines, sets, repeats),
-           "model_only": model_only(torch_predictor(model, ckpt).model,
-                                    ckpt.preprocessing.input_size, repeats,
-                                    info["peak_fp32_gflops"], onnx_paths)}
+           "end_to_end": end_to_end(pipelines, sets, repeats)}
+    progress.step("bench: model-only throughput")
+    out["model_only"] = model_only(torch_predictor(model, ckpt).model,
+                                   ckpt.preprocessing.input_size, repeats,
+                                   info["peak_fp32_gflops"], onnx_paths)
     if not opts.quick:
+        progress.step("bench: training steps")
         out["training"] = training_steps(ckpt.model_name, ckpt.preprocessing.input_size, 3)
+        progress.step("bench: fidelity of each form on the test split")
         out["fidelity_test_split"] = fidelity(model, ckpt, onnx_paths, opts.data_dir)
     return out
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core import progress
 from ..data import DatasetNotFound, class_index, load_records
-from ..data.decode import load_many
+from ..data.batches import load_many_shown
 from ..data.runs import split_of_run
 from ..evaluation.metrics import headline_metrics, multiclass_metrics
 from ..inference.runtime import load_torch
@@ -18,8 +19,9 @@ def split_images(all_records: list, ckpt, split: str, data_dir: str | Path):
     if not records:
         raise DatasetNotFound(f"split '{split}' of {data_dir} holds no images")
     prep = ckpt.preprocessing
-    images, ok, errors = load_many([r.path for r in records], prep.input_size,
-                                   prep.interpolation, storage_quality=prep.storage_quality)
+    images, ok, errors = load_many_shown([r.path for r in records], prep.input_size,
+                                         prep.interpolation, prep.storage_quality,
+                                         f"decoding {split}")
     return records, images, ok, errors
 
 
@@ -38,7 +40,7 @@ def evaluate(model_path: str | Path | None, data_dir: str | Path, split: str,
     ckpt = predictor.ckpt
     records, images, ok, errors = split_images(all_records, ckpt, split, data_dir)
     targets = [records[i].target for i in ok]
-    probs, class_probs, _ = predictor.class_scores(images)
+    probs, class_probs, _ = progress.batched(predictor.class_scores, images, f"scoring {split}")
     result = headline_metrics(targets, probs, ckpt.threshold)
     result.update({"split": split, "model": ckpt.extra.get("path"), "tta": predictor.tta,
                    "skipped": list(errors.values())})
