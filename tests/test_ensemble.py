@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from pneumoscan.cli import main
 from pneumoscan.core.decisions import class_probabilities
+from pneumoscan.core.errors import CheckpointError
 from pneumoscan.data.decode import load_many
 from pneumoscan.evaluation.metrics import threshold_for_sensitivity
 from pneumoscan.explain.explainer import Explainer
@@ -101,7 +102,8 @@ def test_members_with_other_labels_or_split_are_refused(tiny_seeds, small_data_w
     meta_path = d / "seed-1" / "model.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "labels": ["NORMAL", "SICK"]}))
-    with pytest.raises(EnsembleError, match=r"seed-1: labels \['NORMAL', 'SICK'\] differ"):
+    # a binary contract must say ['NORMAL', 'PNEUMONIA']: refused on load, naming the member
+    with pytest.raises(CheckpointError, match=r"seed-1.*labels \['NORMAL', 'SICK'\]"):
         build([d / "seed-0", d / "seed-1"], d / "bad", small_data_with_bad_file)
     meta_path.write_text(json.dumps({**meta, "config": {**meta["config"], "split_seed": 7}}))
     with pytest.raises(EnsembleError, match="seed-1 was trained on another train/val split"):

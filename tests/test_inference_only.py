@@ -1,15 +1,18 @@
 """The inference install: predict, explain and serve without PyTorch, on the ONNX graphs
 shipped beside the weights, which must reproduce those weights."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pneumoscan.cli import main
 from pneumoscan.core import contract
 from pneumoscan.core.decisions import class_probabilities, probabilities_from_logits
 from pneumoscan.data.decode import load_many
@@ -154,7 +157,14 @@ def test_onnx_file_alone_carries_its_contract():
 @pytest.mark.parametrize("key, value, says", [
     ("temperature", -1.0, "temperature"), ("temperature", "hot", "temperature"),
     ("threshold", 1.5, "threshold"), ("ood", {"method": "x"}, "ood.threshold"),
-    ("labels", ["CAT", "DOG"], "labels")])
+    ("labels", ["CAT", "DOG"], "labels"), ("labels", ["PNEUMONIA", "NORMAL"], "labels"),
+    ("threshold", float("nan"), "threshold"), ("threshold", -1, "threshold"),
+    ("temperature", float("nan"), "temperature"),
+    ("preprocessing.input_size", 100000, "preprocessing.input_size"),
+    ("preprocessing.std", 0, "preprocessing.std"),
+    ("preprocessing.mean", float("inf"), "preprocessing.mean"),
+    ("preprocessing.interpolation", "lanczos", "preprocessing.interpolation"),
+    ("preprocessing.storage_quality", 400, "preprocessing.storage_quality")])
 def test_every_decision_key_of_the_contract_is_checked_on_load(tmp_path, key, value, says):
     """A model.json whose temperature, threshold, labels or OOD gate could not be applied is a
     CheckpointError naming the key, before any image is scored."""
@@ -163,7 +173,13 @@ def test_every_decision_key_of_the_contract_is_checked_on_load(tmp_path, key, va
     for f in contract.default_model_dir().iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
     meta = json.loads((tmp_path / contract.META).read_text())
-    meta[key] = value
+    where, _, name = key.rpartition(".")
+    (meta[where] if where else meta)[name] = value
     (tmp_path / contract.META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=says):
         make_predictor(tmp_path)
+    # the command line: one line naming the key, exit code 2, no image scored
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(["predict", str(EXAMPLES / "NORMAL"), "--model", str(tmp_path)])
+    assert code == 2 and says in err.getvalue() and "Traceback" not in err.getvalue()

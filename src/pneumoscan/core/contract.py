@@ -86,8 +86,16 @@ class Checkpoint:
         def bad(key: str, why: str):
             return CheckpointError(f"model contract: {key} {why}")
 
-        if len(self.labels) < 2 or "NORMAL" not in self.labels:
-            raise bad("labels", f"{self.labels} must name NORMAL and at least one other class")
+        if len(self.labels) < 2 or "NORMAL" not in self.labels or \
+                len(set(self.labels)) != len(self.labels):
+            raise bad("labels", f"{self.labels} must name NORMAL and at least one other class, "
+                                f"each once")
+        if len(self.labels) == 2 and self.labels != ["NORMAL", "PNEUMONIA"]:
+            # one logit, P(PNEUMONIA): the order is the training convention, not a choice
+            raise bad("labels", f"{self.labels} of a binary model must be "
+                                f"['NORMAL', 'PNEUMONIA'] (its one logit is PNEUMONIA's)")
+        for key, why in self.preprocessing.problems():
+            raise bad(f"preprocessing.{key}", why)
         if not 0.0 <= self.threshold <= 1.0:
             raise bad("threshold", f"{self.threshold} is not a probability")
         t = self.temperature

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+
+INTERPOLATIONS = ("bilinear", "bicubic")  # what data/decode.py resamples with
+MAX_INPUT_SIZE = 1024  # EfficientNet-Lite0-2 read 224-260 px; far larger only exhausts memory
 
 
 @dataclass(frozen=True)
@@ -27,3 +31,31 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(**d)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, why) for every value no reader can apply: an input size that would exhaust
+        memory, a zero or non-finite std, an unknown resampling or resize, a storage quality
+        outside JPEG's 1-100 (0 = none). Empty when the spec is usable."""
+        def number(v) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        out = []
+        if not (isinstance(self.input_size, int) and not isinstance(self.input_size, bool)
+                and 16 <= self.input_size <= MAX_INPUT_SIZE):
+            out.append(("input_size", f"{self.input_size!r} is not a whole number of pixels "
+                                      f"in 16..{MAX_INPUT_SIZE}"))
+        if not number(self.mean):
+            out.append(("mean", f"{self.mean!r} is not a finite number"))
+        if not number(self.std) or self.std <= 0:
+            out.append(("std", f"{self.std!r} is not a positive number"))
+        if self.interpolation not in INTERPOLATIONS:
+            out.append(("interpolation", f"{self.interpolation!r} is not one of "
+                                         f"{', '.join(INTERPOLATIONS)}"))
+        if self.resize != "squash":
+            out.append(("resize", f"{self.resize!r} is not 'squash'"))
+        if self.channels not in (1, 3):
+            out.append(("channels", f"{self.channels!r} is not 1 or 3"))
+        if not (isinstance(self.storage_quality, int) and 0 <= self.storage_quality <= 100):
+            out.append(("storage_quality", f"{self.storage_quality!r} is not 0 (none) or a "
+                                           f"JPEG quality 1-100"))
+        return out
