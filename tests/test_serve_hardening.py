@@ -129,6 +129,32 @@ def test_a_client_that_disconnects_is_one_log_line_not_a_500(guarded):
     assert "ClientDisconnect" not in text
 
 
+def test_work_is_abandoned_when_the_client_disconnects(guarded):
+    """A client that sends a whole batch and goes away before the answer: the server stops
+    after decoding instead of scoring for nobody (before: the work finished, logged 200)."""
+    url, _, log = guarded
+    originals = sorted(EXAMPLES.rglob("*.jpeg"))
+    request = httpx.Request("POST", f"{url}/v1/predict/batch",
+                            headers={"X-API-Key": KEY, "Host": "localhost"},
+                            files=[("files", (p.name, p.read_bytes(), "image/jpeg"))
+                                   for p in originals])
+    body = request.read()
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items()
+                   if k.lower() != "host")
+    before = log.read_text().count("POST /v1/predict/batch")
+    with socket.create_connection(("127.0.0.1", _port(url))) as s:
+        s.sendall(f"POST /v1/predict/batch HTTP/1.1\r\nHost: localhost\r\n{head}\r\n"
+                  .encode() + body)
+    for _ in range(300):  # the access line is written when the request ends
+        lines = [line for line in log.read_text().splitlines()
+                 if "POST /v1/predict/batch" in line]
+        if len(lines) > before:
+            break
+        time.sleep(0.1)
+    assert len(lines) > before and "status=disconnected" in lines[-1], lines[-1:]
+    assert "status=200" not in lines[-1] and "Traceback" not in log.read_text()
+
+
 def test_library_warnings_are_one_line_without_paths(guarded):
     url, _, log = guarded
     # 95 Mpx: over PIL's own warning level (89 Mpx), so PIL warns while reading the header

@@ -11,6 +11,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from copy import deepcopy
@@ -27,6 +28,7 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..core import contract
@@ -51,6 +53,13 @@ from .uploads import (
 )
 
 log = logging.getLogger("pneumoscan.serve")
+Gone = Callable[[], Awaitable[bool]]  # has the client gone? (Request.is_disconnected)
+
+
+async def _never() -> bool:
+    return False
+
+
 STATIC = Path(str(resources.files("pneumoscan.serve") / "static"))
 # Images per forward pass. With ONNX Runtime's arena off (load_predictor), a pass's
 # activations are the server's memory peak: 4 keeps it at ~220 MiB under 16 clients sending
@@ -164,10 +173,17 @@ class Service:
         p = self.predictor.prediction(name, row[0], row[2:], row[1])
         return {**p.to_dict(), "model": self.model_info}
 
-    async def predict_one(self, data: bytes, name: str, explain: bool) -> dict:
+    async def predict_one(self, data: bytes, name: str, explain: bool,
+                          gone: Gone = _never) -> dict:
+        """`gone` says whether the client has disconnected: checked after each costly step
+        (decoding, scoring), the rest of the work is then abandoned (ClientDisconnect)."""
+        await _stop_if(gone)  # also lets the server read again, so a later hang-up is seen
         image = await self.decode(data, name)
+        await _stop_if(gone)
         out = self.result((await self.probabilities(np.stack([image])))[0], name)
         explain = explain and self.predictor.explainable  # no Grad-CAM of an ensemble
+        if explain:
+            await _stop_if(gone)
         out["heatmap_png"] = await asyncio.to_thread(self.heatmap, image) if explain else None
         return out
 
@@ -192,9 +208,12 @@ class Service:
 
         return torch_explainer(deepcopy(self.predictor.model), self.ckpt)
 
-    async def predict_many(self, files: list[tuple[str, bytes]]) -> list[dict]:
+    async def predict_many(self, files: list[tuple[str, bytes]],
+                           gone: Gone = _never) -> list[dict]:
+        await _stop_if(gone)  # also lets the server read again, so a later hang-up is seen
         decoded = await asyncio.gather(*(self.decode(data, name) for name, data in files),
                                        return_exceptions=True)
+        await _stop_if(gone)
         results, images, ok = [], [], []
         for i, ((name, _), d) in enumerate(zip(files, decoded)):
             results.append({"filename": name})
@@ -209,6 +228,11 @@ class Service:
             for i, p in zip(ok, await self.probabilities(np.stack(images))):
                 results[i].update(status=200, **self.result(p, files[i][0]))
         return results
+
+
+async def _stop_if(gone: Gone) -> None:
+    if await gone():
+        raise ClientDisconnect()  # serve/errors.py: one access line, status=disconnected
 
 
 def _rows(probabilities: np.ndarray, class_probs: np.ndarray, ood_scores: np.ndarray
@@ -351,7 +375,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, "no file uploaded (multipart field 'file')")
         name, data = files[0].filename or "upload", await files[0].read()
         try:
-            out = await s.predict_one(data, name, explain)
+            out = await s.predict_one(data, name, explain, request.is_disconnected)
         except UploadError as e:
             raise HTTPException(e.status, e.message) from None
         return {**out, "elapsed_ms": _ms(start)}
@@ -366,7 +390,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not files:
             raise HTTPException(422, "no files uploaded (multipart fields 'files')")
         named = [(f.filename or f"upload {i + 1}", await f.read()) for i, f in enumerate(files)]
-        results = await s.predict_many(named)
+        results = await s.predict_many(named, request.is_disconnected)
         return {"results": results, "threshold": s.ckpt.threshold, "model": s.model_info,
                 "elapsed_ms": _ms(start)}
 
