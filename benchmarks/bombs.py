@@ -35,34 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from serve_load import rss_mb  # noqa: E402
+from serve_load import rss_mb, start_server  # noqa: E402
 
 from tests.hostile_inputs import deflated_bomb, dicom_bytes, jpeg_declaring  # noqa: E402
 from tests.test_dicom import _dataset  # noqa: E402
-
-
-def start_server(max_megapixels: float):
-    import socket
-    import subprocess
-    import tempfile
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "pneumoscan.cli", "serve", "--port",
-                             str(port), "--max-megapixels", str(max_megapixels)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit("server did not start")
 
 
 class Peak:
@@ -136,7 +112,7 @@ def main() -> None:
           f"pixel limit {limit:,}")
     for label, _, data in bombs:
         print(f"#   {label}: {len(data) / 1024:,.0f} KB")
-    url, proc = start_server(args.max_megapixels)
+    url, proc = start_server("auto", "--max-megapixels", str(args.max_megapixels))
     try:
         small = _dataset((64, 64))
         small.PixelData = bytes(64 * 64)

@@ -29,6 +29,7 @@ from benchmarks.web_screening import (  # noqa: E402
     _cpu_seconds,
     _renderer_rss_mib,
     _tree,
+    site_under_test,
 )
 from pneumoscan.data import default_data_dir  # noqa: E402
 from tests.web_harness import CHROMIUM, FLAGS, serve_root, static_server  # noqa: E402
@@ -238,12 +239,7 @@ def main() -> None:
     data = Path(args.data).resolve()
     originals = data.parent / "originals"
     tmp = Path(tempfile.mkdtemp(prefix="browser-speed-"))
-    site = Path(args.site) if args.site else tmp / "site"
-    if not args.site:
-        from pneumoscan.web import build_site
-        from pneumoscan.web.build import parity_images
-
-        build_site(site, args.model, lambda: parity_images(args.model, data))
+    site = site_under_test(args.site, args.model, data, tmp)
     root = serve_root(tmp / "root", site, originals=originals, data=data)
     tests = sorted((data / "test").rglob("*.jpeg"))
     full = sorted(originals.rglob("*.jpeg"))

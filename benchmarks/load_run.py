@@ -21,12 +21,9 @@ import argparse
 import os
 import platform
 import random
-import socket
 import statistics
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -37,35 +34,11 @@ import httpx
 from pneumoscan.data import default_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from serve_load import rss_mb, start_server  # noqa: E402
+
 TOLERANCE = 1e-6
 OVERSIZE = 21 * 2**20  # over the server's default 20 MB limit
-
-
-def start_server(runtime: str) -> tuple[str, subprocess.Popen]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "pneumoscan.cli", "serve", "--port",
-                             str(port), "--runtime", runtime],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit("server did not start")
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(resident, peak resident) MiB of a process, from /proc."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
-                  .splitlines() if ":" in line)
-    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
 
 def tiny_png() -> bytes:
@@ -165,7 +138,7 @@ def main() -> None:
     valid, hostile = uploads()
     url, proc = start_server(args.runtime)
     try:
-        rss_start = rss_mib(proc.pid)[0]
+        rss_start = rss_mb(proc.pid)[0]
         reference = {}
         with httpx.Client(timeout=60) as c:
             for name, data in valid.items():
@@ -186,7 +159,7 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
-        rss_end, rss_peak = rss_mib(proc.pid)
+        rss_end, rss_peak = rss_mb(proc.pid)
         alive = proc.poll() is None
     finally:
         proc.terminate()

@@ -37,14 +37,16 @@ from pneumoscan.inference.runtime import make_predictor
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_server(runtime: str = "torch") -> tuple[str, subprocess.Popen]:
+def start_server(runtime: str = "torch", *options: str) -> tuple[str, subprocess.Popen]:
+    """`pneumoscan serve` on a free loopback port (with more serve `options`), once /healthz
+    answers; shared by load_run.py and bombs.py."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "pneumoscan.cli", "serve", "--port",
-                             str(port), "--runtime", runtime],
+                             str(port), "--runtime", runtime, *options],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

@@ -38,6 +38,17 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CLK = os.sysconf("SC_CLK_TCK")
 
 
+
+def site_under_test(site: str | None, model: str | None, data: Path, tmp: Path) -> Path:
+    """The exported site to measure: `site` as given, or `model` exported into tmp/site."""
+    if site:
+        return Path(site)
+    from pneumoscan.web import build_site
+    from pneumoscan.web.build import parity_images
+
+    build_site(tmp / "site", model, lambda: parity_images(model, data))
+    return tmp / "site"
+
 def _children(pid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -187,12 +198,7 @@ def main() -> None:
     data = Path(args.data).resolve()
     originals = data.parent / "originals"
     tmp = Path(tempfile.mkdtemp(prefix="web-bench-"))
-    site = Path(args.site) if args.site else tmp / "site"
-    if not args.site:
-        from pneumoscan.web import build_site
-        from pneumoscan.web.build import parity_images
-
-        build_site(site, args.model, lambda: parity_images(args.model, data))
+    site = site_under_test(args.site, args.model, data, tmp)
     roots = {"examples": EXAMPLES, "originals": originals, "data": data}
     root = serve_root(tmp / "root", site, **roots)
     tests = sorted((data / "test").rglob("*.jpeg"))

@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import httpx
 import pytest
@@ -20,6 +18,7 @@ from pneumoscan.cli import main
 
 from .conftest import EXAMPLES
 from .serving import running_server
+from .test_serve import png_header_only
 
 KEY = "test-key-0123456789"
 XRAY = EXAMPLES / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg"
@@ -38,14 +37,6 @@ DOCUMENTED = [
     r"WARNING:  Invalid HTTP request received\.",
 ]
 
-
-def png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
-            + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
