@@ -7,6 +7,11 @@ several ways against their 224 px copies in the dataset, with the model's weight
 the user path (draft-mode decode, squash resize), a full decode, each followed or not by one
 JPEG quality-75 round trip (how the copies were stored), and the copies themselves re-encoded
 at q75. Prints mean / max |p - p(copy)| and label flips per way.
+
+    ... storage_roundtrip.py --pixels
+
+prints instead, for each storage quality, how closely the user path reproduces the copies'
+pixels (mean absolute grey-level error): rule 3, step 0 in docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -37,11 +42,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA"))
     ap.add_argument("--model", default=None)
+    ap.add_argument("--pixels", action="store_true",
+                    help="pixel reproduction error per storage quality; no model")
     args = ap.parse_args()
     data = Path(args.data)
     originals = data.resolve().parent / "originals"
     rows = [r for r in csv.DictReader(open(originals / "manifest.csv"))
             if r["split"] == "train"]
+    if args.pixels:
+        copies = [load_gray(data / r["path"], 224).astype(float) for r in rows]
+        print(f"{len(rows)} train originals, user path (draft decode, bilinear squash) + storage")
+        for q in (0, 50, 60, 70, 75, 80, 90):
+            err = [np.abs(load_gray(originals / r["path"], 224, storage_quality=q) - c).mean()
+                   for r, c in zip(rows, copies, strict=True)]
+            print(f"storage_quality {q:3d}: mean abs error {np.mean(err):.3f} grey levels "
+                  f"(worst image {np.max(err):.3f})")
+        return
     predictor = make_predictor(args.model)
     # the weights as they are: no storage step of the contract's own
     copies = np.stack([load_gray(data / r["path"], 224) for r in rows])
