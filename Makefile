@@ -35,7 +35,7 @@ bench: $(STAMP)
 
 # ruff, then the import-linter contracts of pyproject.toml (the layers of src/pneumoscan).
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/lint-imports
 
 # The documentation site under docs/ (mkdocs-material), every warning an error.
