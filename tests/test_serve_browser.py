@@ -74,3 +74,21 @@ def test_three_class_model_page_shows_the_etiology(browser, etiology_run, small_
     assert page.inner_text("#class-probabilities") == "(" + ", ".join(
         f"{k} {v:.3f}" for k, v in api["class_probabilities"].items()) + ")"
     assert page.inner_text("#label") == api["label"]
+
+
+def test_the_heatmap_lies_over_the_xray_of_a_non_square_original(browser, live):
+    """The map is in the model's squashed square geometry: the page must stretch it over the
+    X-ray's own box, not letterbox both (which left it off the lungs of a 4:3 original)."""
+    xray = EXAMPLES / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg"  # 1776 x 1416
+    page = browser.new_page(viewport={"width": 1000, "height": 700})
+    page.goto(live)
+    page.check("#explain")
+    page.set_input_files("#file", str(xray))
+    page.wait_for_selector("#heatmap:not([hidden])", timeout=30_000)
+    page.wait_for_function("document.getElementById('xray').complete"
+                           " && document.getElementById('heatmap').complete")
+    shown = page.eval_on_selector("#xray", "e => e.getBoundingClientRect().toJSON()")
+    heat = page.eval_on_selector("#heatmap", "e => e.getBoundingClientRect().toJSON()")
+    assert abs(shown["width"] / shown["height"] - 1776 / 1416) < 0.01  # no letterbox bars
+    for key in ("x", "y", "width", "height"):
+        assert abs(shown[key] - heat[key]) < 0.5, key

@@ -9,6 +9,17 @@ function showError(message) {
   $("error").hidden = false;
 }
 
+// The heatmap comes in the model's square input geometry. Stretched over a box of the X-ray's
+// own aspect ratio, it lands where the model saw each part of the squashed X-ray; in a square
+// box with the X-ray letterboxed it would not (a 4:3 original put the map off the lungs).
+const BOX_SIDE = 320;
+$("xray").addEventListener("load", () => {
+  const img = $("xray"), box = img.parentElement;
+  const ratio = img.naturalWidth / img.naturalHeight;
+  box.style.width = `${Math.round(ratio >= 1 ? BOX_SIDE : BOX_SIDE * ratio)}px`;
+  box.style.height = `${Math.round(ratio >= 1 ? BOX_SIDE / ratio : BOX_SIDE)}px`;
+});
+
 function showResult(file, r) {
   $("error").hidden = true;
   if (shownUrl) URL.revokeObjectURL(shownUrl);
