@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pneumoscan import cli
+from pneumoscan.core.contract import default_model_dir, read
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.models import weights as checkpoint
 from pneumoscan.training import ood
@@ -74,7 +75,9 @@ def test_cli_predict_has_ood_columns_and_warns(tmp_path, capsys, test_xrays):
     flagged, real = (dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:])
     assert flagged["ood_flagged"] == "True" and real["ood_flagged"] == "False"
     # a flagged image keeps its probability but gets no label; --label-ood gives one
-    assert flagged["label"] == "" and flagged["probability"] and real["label"] == "NORMAL"
+    threshold = read(default_model_dir()).threshold  # the real X-ray gets the model's label
+    assert flagged["label"] == "" and flagged["probability"]
+    assert real["label"] == ("PNEUMONIA" if float(real["probability"]) >= threshold else "NORMAL")
     assert "out of distribution" in flagged["warnings"] and real["warnings"] == ""
     assert "warning:" in err and "cat.png" in err and test_xrays[0] not in err
     assert cli.main(["predict", cat, "--format", "csv", "--label-ood"]) == 0
