@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pneumoscan.data.decode import load_gray
+from pneumoscan.inference.runtime import make_predictor
 from pneumoscan.web.build import check_vendor
 
 from .conftest import EXAMPLES
@@ -300,8 +301,6 @@ def test_serve_offers_the_same_page_with_a_switch(browser, site, tmp_path):
         page.set_input_files("#files", str(xray))
         page.wait_for_selector("#progress-line[data-state=done]", timeout=60_000)
         # the label `pneumoscan predict` gives (which one depends on the shipped model)
-        from pneumoscan.inference.runtime import make_predictor
-
         [expected] = make_predictor().predict([str(xray)])
         assert expected.label in ("NORMAL", "PNEUMONIA")
         assert page.inner_text("#worklist tbody tr td.label") == expected.label
