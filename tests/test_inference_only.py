@@ -183,3 +183,10 @@ def test_every_decision_key_of_the_contract_is_checked_on_load(tmp_path, key, va
     with redirect_stderr(err):
         code = main(["predict", str(EXAMPLES / "NORMAL"), "--model", str(tmp_path)])
     assert code == 2 and says in err.getvalue() and "Traceback" not in err.getvalue()
+
+
+def test_contract_read_takes_a_str_and_names_the_file_when_it_is_malformed(tmp_path):
+    assert contract.read(str(contract.default_model_dir())).labels == ["NORMAL", "PNEUMONIA"]
+    (tmp_path / contract.META).write_text('{"format": "pneumoscan-checkpoint/1"}')
+    with pytest.raises(contract.CheckpointError, match="model.json: malformed"):
+        contract.read(str(tmp_path))

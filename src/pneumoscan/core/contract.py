@@ -157,9 +157,10 @@ def check_sha256(path: Path, expected: str | None, key: str) -> None:
                               f"model was saved; refusing to load it")
 
 
-def read(folder: Path) -> Checkpoint:
+def read(folder: str | Path) -> Checkpoint:
     """The contract in folder/model.json, with the OOD gate's statistics if it declares one;
     extra["path"] is set to the folder. Reads no weights."""
+    folder = Path(folder)  # a str crashed in the error path below (str / str)
     try:
         meta = json.loads((folder / META).read_text())
         if meta.get("format") != FORMAT:
