@@ -5,9 +5,13 @@
 For each run: (1) the explanation deletion check on the carved val split: of the val
 pneumonia images the model flags (every 3rd, at most 60), blank the 10% / 20% most salient
 Grad-CAM pixels or as many random ones (seed 0) to the image mean; the salient drop in
-P(pneumonia) must exceed the random one. (2) OOD false rejects: the share of val images the
-gate flags (<= 1%). The agreement of originals with their copies comes from
-`pneumoscan evaluate --shift` (shift.json). Prints one JSON object per run.
+P(pneumonia) must be positive and exceed the random one (rule 4's G4). (2) OOD false rejects:
+the share of val images the gate flags (<= 1%). (3) The test suite's examples check (G6): the
+run on the 16 official-val originals in examples/, all 8 pneumonias found and at least 12 of
+16 right, as tests/test_predict.py asks of the shipped model. The agreement of originals with
+their copies comes from `pneumoscan evaluate --shift` (shift.json) or
+benchmarks/originals_agreement.py, the NORMAL2 floor (G7) from benchmarks/batch_specificity.py.
+Prints one JSON object per run.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.data import load_records
 from pneumoscan.explain.explainer import Explainer
 from pneumoscan.explain.gradients import blank_pixels
+from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_arrays
 from pneumoscan.workflows.evaluate import split_images
 
@@ -40,12 +46,24 @@ def gates(run: str, data_dir: str) -> dict:
                                                            np.random.default_rng(0)))
         out[f"drop_salient_{int(frac * 100)}"] = float(np.mean(p - sal))
         out[f"drop_random_{int(frac * 100)}"] = float(np.mean(p - rnd))
-    out["deletion_pass"] = out["drop_salient_10"] > out["drop_random_10"]
+    out["deletion_pass"] = out["drop_salient_10"] > max(0.0, out["drop_random_10"])
     ood_gate = e.ckpt.ood or {}
     if ood_gate:
         rejects = float(np.mean(ood_scores > ood_gate["threshold"]))
         out.update({"ood_val_false_reject": rejects, "ood_pass": rejects <= 0.01})
+    out.update(examples_check(run))
     return out
+
+
+def examples_check(run: str) -> dict:
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    results = load_torch(run).predict(sorted(str(p) for p in examples.rglob("*.jpeg")))
+    truth = [Path(r.path).parent.name == "PNEUMONIA" for r in results]
+    said = [r.label != "NORMAL" for r in results]  # an etiology model says BACTERIAL / VIRAL
+    right = sum(s == t for s, t in zip(said, truth))
+    found = sum(s and t for s, t in zip(said, truth))
+    return {"examples_right": right, "examples_pneumonia_found": found,
+            "examples_n": len(results), "examples_pass": found == 8 and right >= 12}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,13 @@ from PIL import Image
 from pneumoscan.cli import main
 from pneumoscan.data.decode import load_gray
 from pneumoscan.evaluation.cues import LUNG_BOX, image_statistics, mask_lungs
-from pneumoscan.workflows.shift import SHIFTS, originals_agreement, render_file, shift_validation
+from pneumoscan.workflows.shift import (
+    SHIFTS,
+    originals_agreement,
+    render_file,
+    shift_named,
+    shift_validation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +34,21 @@ def test_every_change_keeps_the_size_and_changes_the_pixels(xray):
         out = load_gray(render_file(xray, s), 224)
         assert out.shape == xray.shape, s.name
         assert np.abs(out.astype(int) - xray).mean() > 0.05, s.name  # it did something
-    q30 = render_file(xray, next(s for s in SHIFTS if s.name == "jpeg30")).getbuffer().nbytes
-    q95 = render_file(xray, next(s for s in SHIFTS if s.name == "jpeg95")).getbuffer().nbytes
+    q30 = render_file(xray, shift_named("jpeg30")).getbuffer().nbytes
+    q95 = render_file(xray, shift_named("jpeg95")).getbuffer().nbytes
     assert q30 < q95
 
 
+def test_shift_named_finds_a_change_or_lists_the_known_ones():
+    assert shift_named("zoom_in_12").params == {"crop_each_side": 0.12}
+    with pytest.raises(KeyError, match="zoom_in_12"):
+        shift_named("zoom_in_13")
+
+
 def test_zoom_out_pads_black_and_zoom_in_crops(xray):
-    pad = load_gray(render_file(xray, next(s for s in SHIFTS if s.name == "zoom_out_8")), 224)
+    pad = load_gray(render_file(xray, shift_named("zoom_out_8")), 224)
     assert pad[:8].max() < 20 and pad[:, :8].max() < 20  # the new black frame
-    zoom = load_gray(render_file(xray, next(s for s in SHIFTS if s.name == "zoom_in_12")), 224)
+    zoom = load_gray(render_file(xray, shift_named("zoom_in_12")), 224)
     # the centre pixel of a 12% crop each side is the centre pixel of the original
     assert abs(int(zoom[112, 112]) - int(xray[112, 112])) < 25
 

@@ -112,10 +112,21 @@ def render_file(gray: np.ndarray, shift: Shift) -> io.BytesIO:
     return buf
 
 
-def _decode_shifted(images: np.ndarray, shift: Shift, prep) -> np.ndarray:
+def decode_shifted(images: np.ndarray, shift: Shift, prep) -> np.ndarray:
+    """Decoded (N, H, W) images -> each rendered by `shift`, stored as a file and decoded
+    again as the model's preprocessing `prep` decodes a user's file."""
     return np.stack([load_gray(render_file(g, shift), prep.input_size, prep.interpolation,
                                name=shift.name, storage_quality=prep.storage_quality)
                      for g in images])
+
+
+def shift_named(name: str) -> Shift:
+    """The change of SHIFTS called `name` (e.g. "zoom_in_12")."""
+    for s in SHIFTS:
+        if s.name == name:
+            return s
+    raise KeyError(f"no acquisition change named {name!r}; known: "
+                   f"{', '.join(s.name for s in SHIFTS)}")
 
 
 def _row(y: np.ndarray, p: np.ndarray, p_clean: np.ndarray, threshold: float) -> dict:
@@ -192,7 +203,7 @@ def shift_validation(model_path, data_dir: str | Path, split: str = "val",
     clean = _row(y, p_clean, p_clean, thr)
     changes = []
     for s in SHIFTS:
-        p = predictor.probabilities(_decode_shifted(images, s, prep))
+        p = predictor.probabilities(decode_shifted(images, s, prep))
         changes.append({"family": s.family, "change": s.name, "params": s.params,
                         **_row(y, p, p_clean, thr)})
     worst = min(changes, key=lambda r: r["auroc"])
