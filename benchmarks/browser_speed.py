@@ -25,14 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.web_screening import (  # noqa: E402
-    _browser_pid,
     _cpu_seconds,
     _renderer_rss_mib,
-    _tree,
+    launch_chromium,
     site_under_test,
+    worklist_folder,
 )
 from pneumoscan.data import default_data_dir  # noqa: E402
-from tests.web_harness import CHROMIUM, FLAGS, serve_root, static_server  # noqa: E402
+from tests.web_harness import serve_root, static_server  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -248,16 +248,10 @@ def main() -> None:
             "224 px test copies": [f"/data/{f.relative_to(data).as_posix()}"
                                    for f in tests[::max(1, len(tests) // args.images)]
                                    [:args.images]]}
-    folder = tmp / "worklist"
-    folder.mkdir()
-    for i, f in enumerate((full + tests)[:args.worklist]):
-        shutil.copyfile(f, folder / f"{i:03d}-{f.name}")  # Playwright skips symlinks
+    folder = worklist_folder((full + tests)[:args.worklist], tmp)
 
     with static_server(root) as origin, sync_playwright() as p:
-        before = {int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()}
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        top = _browser_pid(before)
-        pids = lambda: _tree(top)  # noqa: E731
+        browser, pids = launch_chromium(p)
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the "
               f"start (other jobs included); {browser.version}, headless; model "
               f"{args.model or 'default'}", flush=True)

@@ -110,6 +110,25 @@ def _browser_pid(browser_pids_before: set[int]) -> int:
     raise RuntimeError("chromium's browser process not found")
 
 
+def launch_chromium(playwright):
+    """Debian chromium, headless, and a function listing its process tree's pids now (the
+    browser process and every renderer and helper it started), for CPU accounting."""
+    before = {int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()}
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+    top = _browser_pid(before)
+    return browser, lambda: _tree(top)
+
+
+def worklist_folder(files: list[Path], tmp: Path) -> Path:
+    """tmp/worklist holding copies of `files` in order (Playwright's folder upload skips
+    symlinks), named NNN-name so that two files with one name stay two."""
+    folder = tmp / "worklist"
+    folder.mkdir()
+    for i, f in enumerate(files):
+        shutil.copyfile(f, folder / f"{i:03d}-{f.name}")
+    return folder
+
+
 def _url(path: Path, roots: dict[str, Path]) -> str:
     for prefix, folder in roots.items():
         if path.is_relative_to(folder):
@@ -206,17 +225,10 @@ def main() -> None:
             "originals": sorted(originals.rglob("*.jpeg")),
             "test": tests[::max(1, len(tests) // args.n_test)][:args.n_test]}
     # The worklist: full-size originals first, then test copies, as one dropped folder.
-    folder = tmp / "worklist"
-    folder.mkdir()
-    pool = sets["originals"] + tests
-    for i, f in enumerate(pool[:args.n_worklist]):
-        shutil.copyfile(f, folder / f"{i:03d}-{f.name}")  # Playwright skips symlinks
+    folder = worklist_folder((sets["originals"] + tests)[:args.n_worklist], tmp)
 
     with static_server(root) as origin, sync_playwright() as p:
-        before = {int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()}
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        top = _browser_pid(before)
-        pids = lambda: _tree(top)  # noqa: E731
+        browser, pids = launch_chromium(p)
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the "
               f"start (other jobs included); headless chromium, WebAssembly, 1 thread",
               flush=True)
