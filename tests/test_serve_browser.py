@@ -92,3 +92,8 @@ def test_the_heatmap_lies_over_the_xray_of_a_non_square_original(browser, live):
     assert abs(shown["width"] / shown["height"] - 1776 / 1416) < 0.01  # no letterbox bars
     for key in ("x", "y", "width", "height"):
         assert abs(shown[key] - heat[key]) < 0.5, key
+    # Drawn as the API renders it (turbo with its own alpha, as the CLI's overlays and the
+    # in-browser site draw it), not faded again by the page (it was opacity .45 + screen).
+    style = page.eval_on_selector("#heatmap", "e => { const s = getComputedStyle(e);"
+                                  " return [s.opacity, s.mixBlendMode]; }")
+    assert style == ["1", "normal"]
