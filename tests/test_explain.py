@@ -162,6 +162,20 @@ def test_blank_pixels_blanks_exactly_the_fraction():
         assert (o[top] == round(float(img.mean()))).all()
 
 
+def test_blank_pixels_blur_fill_takes_the_blurred_image_and_keeps_the_rest(data_dir):
+    img = load_many([sorted((data_dir / "train" / "PNEUMONIA").iterdir())[0]], 224)[0]
+    maps = np.zeros((1, 224, 224), np.float32)
+    maps[0, 80:120, 60:100] = 1.0  # 1,600 of 50,176 pixels: inside the top 10%
+    out = blank_pixels(img, maps, 0.1, fill="blur")[0]
+    changed = out != img[0]
+    assert not changed[:40].any()  # outside the top 10% (ties go to the last rows): kept
+    box = out[80:120, 60:100].astype(float)
+    assert box.std() < img[0, 80:120, 60:100].std()  # detail removed
+    assert abs(box.mean() - img[0, 80:120, 60:100].mean()) < 20  # grey level kept, not flat
+    with pytest.raises(ValueError, match="fill"):
+        blank_pixels(img, maps, 0.1, fill="zero")
+
+
 @pytest.mark.parametrize("name, labels", [
     ("custom-cnn", ["NORMAL", "PNEUMONIA"]), ("efficientnet-lite0", ["NORMAL", "PNEUMONIA"]),
     ("efficientnet-lite0", ["NORMAL", "BACTERIAL", "VIRAL"])])

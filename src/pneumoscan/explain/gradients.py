@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from torch import nn
 
 from ..core.contract import Checkpoint
@@ -125,11 +126,19 @@ def occlusion(model: nn.Module, ckpt: Checkpoint, images: np.ndarray,
 
 # --------------------------------------------------------------------------- sanity checks
 
+FILLS = ("mean", "blur")
+BLUR_SIGMA = 8.0  # pixels of the model input: wider than a rib, so no local detail survives
+
+
 def blank_pixels(images: np.ndarray, maps: np.ndarray | None, fraction: float = 0.1,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+                 rng: np.random.Generator | None = None, fill: str = "mean") -> np.ndarray:
     """The deletion check's inputs: copies of (N, S, S) uint8 images whose `fraction` most
-    salient pixels by `maps` (N, S, S) are set to the image's mean; with maps=None, that
-    fraction of pixels chosen at random by `rng` instead."""
+    salient pixels by `maps` (N, S, S) are replaced; with maps=None, that fraction of pixels
+    chosen at random by `rng` instead. fill "mean": the image's mean grey (flat patches, which
+    a chest model may read as opacity); "blur": the same pixels of the image under a Gaussian
+    blur of BLUR_SIGMA, which removes detail without adding edges."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, not {fill!r}")
     out = images.copy()
     flat = out.reshape(len(out), -1)
     k = int(round(fraction * flat.shape[1]))
@@ -138,7 +147,11 @@ def blank_pixels(images: np.ndarray, maps: np.ndarray | None, fraction: float = 
             idx = rng.choice(row.size, k, replace=False)
         else:
             idx = np.argsort(maps[i].ravel(), kind="stable")[-k:]
-        row[idx] = np.uint8(round(float(images[i].mean())))
+        if fill == "mean":
+            row[idx] = np.uint8(round(float(images[i].mean())))
+        else:
+            blurred = Image.fromarray(images[i]).filter(ImageFilter.GaussianBlur(BLUR_SIGMA))
+            row[idx] = np.asarray(blurred).ravel()[idx]
     return out
 
 
