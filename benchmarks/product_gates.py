@@ -6,7 +6,9 @@ For each run: (1) the explanation deletion check on the carved val split: of the
 pneumonia images the model flags (every 3rd, at most 60), blank the 10% / 20% most salient
 Grad-CAM pixels or as many random ones (seed 0) to the image mean; the salient drop in
 P(pneumonia) must be positive and exceed the random one (rule 4's G4). The same drops with the
-pixels filled from a blur of the image instead of its mean are reported as *_blur (not gated).
+pixels filled from a blur of the image instead of its mean are reported as *_blur, and
+drop_moved_* blanks the salient region's shape moved elsewhere (shifted_maps) instead of
+scattered random pixels (neither is gated).
 (2) OOD false rejects: the share of val images the gate flags (<= 1%, G5). (3) The test
 suite's examples check (G6): the run on the 16 official-val originals in examples/, all 8
 pneumonias found and at least 12 of 16 right, as tests/test_predict.py asks of the shipped
@@ -26,7 +28,7 @@ import numpy as np
 
 from pneumoscan.data import load_records
 from pneumoscan.explain.explainer import Explainer
-from pneumoscan.explain.gradients import blank_pixels
+from pneumoscan.explain.gradients import blank_pixels, shifted_maps
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_arrays
 from pneumoscan.workflows.evaluate import split_images
@@ -47,8 +49,11 @@ def gates(run: str, data_dir: str) -> dict:
             sal = predict_arrays(e.model, e.ckpt, blank_pixels(x, maps, frac, fill=fill))
             rnd = predict_arrays(e.model, e.ckpt, blank_pixels(
                 x, None, frac, np.random.default_rng(0), fill=fill))
+            moved = predict_arrays(e.model, e.ckpt, blank_pixels(
+                x, shifted_maps(maps, np.random.default_rng(0)), frac, fill=fill))
             out[f"drop_salient_{int(frac * 100)}{tag}"] = float(np.mean(p - sal))
             out[f"drop_random_{int(frac * 100)}{tag}"] = float(np.mean(p - rnd))
+            out[f"drop_moved_{int(frac * 100)}{tag}"] = float(np.mean(p - moved))
     out["deletion_pass"] = out["drop_salient_10"] > max(0.0, out["drop_random_10"])
     ood_gate = e.ckpt.ood or {}
     if ood_gate:

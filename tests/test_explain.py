@@ -20,6 +20,7 @@ from pneumoscan.explain.gradients import (
     blank_pixels,
     gradcam,
     occlusion,
+    shifted_maps,
     torch_explainer,
 )
 from pneumoscan.explain.render import save
@@ -160,6 +161,19 @@ def test_blank_pixels_blanks_exactly_the_fraction():
         top = m >= np.sort(m.ravel())[-40]
         assert changed.sum() <= 40 and not (changed & ~top).any()
         assert (o[top] == round(float(img.mean()))).all()
+
+
+def test_shifted_maps_keep_the_region_and_move_it():
+    maps = np.zeros((3, 224, 224), np.float32)
+    maps[:, 100:140, 30:70] = 1.0
+    moved = shifted_maps(maps, np.random.default_rng(0))
+    offsets = set()
+    for m in moved:
+        assert m.sum() == 1600  # the same area (a circular shift loses nothing)
+        assert (m * maps[0]).sum() == 0  # moved at least 56 px each way: off the 40 px box
+        ys, xs = np.nonzero(m)
+        offsets.add((int(ys.min()), int(xs.min())))
+    assert len(offsets) > 1  # each image moved its own way
 
 
 def test_blank_pixels_blur_fill_takes_the_blurred_image_and_keeps_the_rest(data_dir):

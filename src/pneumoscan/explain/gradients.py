@@ -155,6 +155,19 @@ def blank_pixels(images: np.ndarray, maps: np.ndarray | None, fraction: float = 
     return out
 
 
+def shifted_maps(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each (S, S) map moved by a random circular shift of at least S/4 in each axis: a
+    deletion baseline that blanks a region of the salient region's very shape and area
+    somewhere else (blanking random scattered pixels is speckle, which a chest model may
+    read as disease)."""
+    s = maps.shape[-1]
+    out = np.empty_like(maps)
+    for i, m in enumerate(maps):
+        dy, dx = rng.integers(s // 4, s - s // 4 + 1, size=2)
+        out[i] = np.roll(m, (int(dy), int(dx)), axis=(0, 1))
+    return out
+
+
 def torch_explainer(model: nn.Module, ckpt: Checkpoint) -> Explainer:
     """An Explainer of a torch model that, unlike a Predictor's, is not put in eval mode or
     channels-last when constructed and whose modes every call restores."""
