@@ -26,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from pneumoscan.data import load_records
 from pneumoscan.explain.explainer import Explainer
 from pneumoscan.explain.gradients import blank_pixels, shifted_maps
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.inference.torch_backend import predict_arrays
 from pneumoscan.workflows.evaluate import split_images
+from tests.product_checks import examples_check
 
 
 def gates(run: str, data_dir: str) -> dict:
@@ -59,19 +62,8 @@ def gates(run: str, data_dir: str) -> dict:
     if ood_gate:
         rejects = float(np.mean(ood_scores > ood_gate["threshold"]))
         out.update({"ood_val_false_reject": rejects, "ood_pass": rejects <= 0.01})
-    out.update(examples_check(run))
+    out.update(examples_check(load_torch(run)))
     return out
-
-
-def examples_check(run: str) -> dict:
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    results = load_torch(run).predict(sorted(str(p) for p in examples.rglob("*.jpeg")))
-    truth = [Path(r.path).parent.name == "PNEUMONIA" for r in results]
-    said = [r.label != "NORMAL" for r in results]  # an etiology model says BACTERIAL / VIRAL
-    right = sum(s == t for s, t in zip(said, truth))
-    found = sum(s and t for s, t in zip(said, truth))
-    return {"examples_right": right, "examples_pneumonia_found": found,
-            "examples_n": len(results), "examples_pass": found == 8 and right >= 12}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 
@@ -6,7 +5,7 @@ from pneumoscan.inference.predictor import expand_inputs
 from pneumoscan.inference.runtime import load_torch
 from pneumoscan.models import weights as checkpoint
 
-from .conftest import EXAMPLES
+from .product_checks import examples_check
 
 
 def test_bad_folder_is_a_clear_error(tmp_path):
@@ -57,14 +56,10 @@ def test_shipped_model_contract():
 
 
 def test_shipped_model_on_the_full_size_examples():
-    paths = sorted(str(p) for p in EXAMPLES.rglob("*.jpeg"))
-    assert len(paths) == 16
-    results = load_torch().predict(paths)
-    truth = [Path(r.path).parent.name for r in results]
-    correct = sum(r.label == t for r, t in zip(results, truth))
-    pneumonia_hits = sum(r.label == t == "PNEUMONIA" for r, t in zip(results, truth))
-    assert pneumonia_hits == 8  # sensitivity first: a screening aid must not miss these
-    assert correct >= 12
+    check = examples_check(load_torch())
+    assert check["examples_n"] == 16
+    assert check["examples_pneumonia_found"] == 8  # a screening aid must not miss these
+    assert check["examples_right"] >= 12
 
 
 def test_bf16_option_stays_close_to_fp32(tiny_run, small_data):
