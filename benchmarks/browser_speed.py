@@ -34,8 +34,6 @@ from benchmarks.web_screening import (  # noqa: E402
 from pneumoscan.data import default_data_dir  # noqa: E402
 from tests.web_harness import serve_root, static_server  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 # Score each URL's image through the JS API, one after the other; per image the API's own
 # elapsed_ms (decode + model + decision rules + CAM [+ PNG]) and the wall time around it.
 TIMED_JS = """async ([urls, explain]) => {

@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pneumoscan.data import default_data_dir  # noqa: E402
+from tests.conftest import EXAMPLES  # noqa: E402
 from tests.web_harness import (  # noqa: E402
     CHROMIUM,
     FLAGS,
@@ -34,7 +35,6 @@ from tests.web_harness import (  # noqa: E402
     static_server,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CLK = os.sysconf("SC_CLK_TCK")
 
 
