@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from .preprocessing import MAX_SMOOTHING
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -16,6 +18,7 @@ class TrainConfig:
     task: str = "binary"
     pretrained: bool = True
     image_size: int = 224
+    smoothing: float = 0.0
     val_fraction: float = 0.1
     seed: int = 42
     split_seed: int = -1
@@ -127,6 +130,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
 # Each numeric key's allowed range: (low, high, low included, high included); None = unbounded.
 RANGES = {
     "image_size": (32, None, True, True), "val_fraction": (0.0, 0.5, False, False),
+    "smoothing": (0.0, MAX_SMOOTHING, True, True),
     "epochs": (1, None, True, True), "patience": (0, None, True, True),
     "batch_size": (1, None, True, True), "lr": (0.0, None, False, True),
     "weight_decay": (0.0, None, True, True), "warmup_epochs": (0.0, None, True, True),

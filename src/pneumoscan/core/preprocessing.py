@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 INTERPOLATIONS = ("bilinear", "bicubic")  # what data/decode.py resamples with
 MAX_INPUT_SIZE = 1024  # EfficientNet-Lite0-2 read 224-260 px; far larger only exhausts memory
+MAX_SMOOTHING = 8.0  # a Gaussian sigma beyond this leaves no lung detail at 224 px
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,12 @@ class Preprocessing:
     # input the same storage makes a full-size original score as its copy (docs/experiments.md
     # P1). Checkpoints without the key get 0 (unchanged behaviour).
     storage_quality: int = 0
+    # Gaussian smoothing (sigma in pixels of the input_size image, 0 = none) applied inside
+    # the model, after the normalisation: every reader (torch, the ONNX graph, the browser)
+    # gets it from the same code (models/transforms.to_model_input). It takes away the
+    # pixel-level texture that differs between a full-size original and its 224 px copy even
+    # after the storage step (docs/experiments.md, round 5). Checkpoints without the key get 0.
+    smoothing: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,4 +65,7 @@ class Preprocessing:
         if not (isinstance(self.storage_quality, int) and 0 <= self.storage_quality <= 100):
             out.append(("storage_quality", f"{self.storage_quality!r} is not 0 (none) or a "
                                            f"JPEG quality 1-100"))
+        if not number(self.smoothing) or not 0 <= self.smoothing <= MAX_SMOOTHING:
+            out.append(("smoothing", f"{self.smoothing!r} is not a Gaussian sigma in "
+                                     f"0..{MAX_SMOOTHING} pixels (0 = none)"))
         return out

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from ..core.preprocessing import Preprocessing
 
 
 def to_model_input(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 gray batch (B, 1, H, W) -> normalised float (B, C, H, W), channels-last."""
+    """uint8 gray batch (B, 1, H, W) -> normalised float (B, C, H, W), channels-last; with
+    `prep.smoothing` > 0, Gaussian-smoothed after the normalisation (inside every exported
+    graph too, so the browser and ONNX Runtime smooth exactly as training did)."""
     x = x.float().div_(255.0).sub_(prep.mean).div_(prep.std)
+    if prep.smoothing > 0:
+        x = gaussian_smooth(x, prep.smoothing)
     return x.expand(-1, prep.channels, -1, -1).contiguous(memory_format=torch.channels_last)
+
+
+def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 1, H, W) float -> the same, convolved with a Gaussian of `sigma` pixels (separable,
+    radius ceil(3 sigma), reflected borders: a flat image stays flat)."""
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    k = k / k.sum()
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    return F.conv2d(x, k.view(1, 1, -1, 1))
 
 
 class AcquisitionJitter:

@@ -212,6 +212,19 @@ def class_weights(targets: np.ndarray, k: int) -> torch.Tensor:
     return torch.tensor(inverse / inverse.mean(), dtype=torch.float32)
 
 
+def set_operating_point(model: nn.Module, ckpt: checkpoint.Checkpoint, x_va: np.ndarray,
+                        y_va: np.ndarray, target_sensitivity: float) -> None:
+    """The stored threshold, val metrics and temperature of `ckpt` (its temperature must be
+    1), from the carved val split: binary, the highest threshold with val sensitivity >=
+    target, then a temperature on the same val logits (the threshold moves with it, labels do
+    not); K classes, the threshold on 1 - P(NORMAL) is chosen after T (same rule)."""
+    if ckpt.binary:
+        p_va = predict_arrays(model, ckpt, x_va)
+        ckpt.threshold = threshold_for_sensitivity(y_va, p_va, target_sensitivity)
+        ckpt.val_metrics = binary_metrics(y_va, p_va, ckpt.threshold)
+    calibrate_checkpoint(ckpt, y_va.astype(int), predict_logits(model, ckpt, x_va))
+
+
 def _write_history(history: list[dict], run_dir: Path) -> None:
     if not history:
         return
@@ -265,7 +278,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, train_recs: list[Record], val_recs: li
     else:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_manifest(train_recs + val_recs, run_dir / "split.csv")
-    prep = Preprocessing(input_size=cfg.image_size)
+    prep = Preprocessing(input_size=cfg.image_size, smoothing=cfg.smoothing)
     mode = cache.resolve_mode(cfg.cache, len(train_recs) + len(val_recs), prep.input_size,
                               cfg.cache_budget_gb)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
@@ -334,14 +347,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, train_recs: list[Record], val_recs: li
                            for k, v in state.items()})
     final = final.eval().to(memory_format=torch.channels_last)
     ckpt = checkpoint.Checkpoint(cfg.model, list(labels), prep, 0.5, config=cfg.to_dict())
-    if binary:
-        p_va = predict_arrays(final, ckpt, x_va)
-        threshold = threshold_for_sensitivity(y_va, p_va, cfg.target_sensitivity)
-        ckpt.threshold = threshold
-        ckpt.val_metrics = binary_metrics(y_va, p_va, threshold)
-    # Then a temperature on the same val logits; the binary threshold moves with it, labels
-    # do not. K classes: the threshold on 1 - P(NORMAL) is chosen there, after T (same rule).
-    calibrate_checkpoint(ckpt, y_va.astype(int), predict_logits(final, ckpt, x_va))
+    set_operating_point(final, ckpt, x_va, y_va, cfg.target_sensitivity)
     best_epoch = int(best.get("epoch", -2)) + 1  # Lightning counts epochs from 0
     seconds = time.perf_counter() - t0
     ckpt.extra.update({**provenance, "best_epoch": best_epoch, "train_seconds": round(seconds, 1),
