@@ -49,11 +49,12 @@ def test_smoothing_keeps_flat_images_and_the_mean_and_removes_pixel_texture(data
 
 
 @pytest.fixture(scope="module")
-def smoothed_run(tiny_run, small_data, tmp_path_factory):
+def smoothed_run(tiny_run, small_data_with_bad_file, tmp_path_factory):
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
               for p in tiny_run.dir.iterdir() if p.is_file()}
     out = tmp_path_factory.mktemp("recontract") / "smoothed"
-    ckpt = recontract(tiny_run.dir, out, small_data, smoothing=1.5)
+    # tiny_run's own data (its split depends on every record; the bad file is skipped again)
+    ckpt = recontract(tiny_run.dir, out, small_data_with_bad_file, smoothing=1.5)
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
              for p in tiny_run.dir.iterdir() if p.is_file()}
     assert after == before  # the input run is read, never written
@@ -61,7 +62,7 @@ def smoothed_run(tiny_run, small_data, tmp_path_factory):
 
 
 def test_recontract_writes_a_new_run_with_the_contract_and_a_refitted_operating_point(
-        smoothed_run, tiny_run, small_data, tmp_path):
+        smoothed_run, tiny_run, small_data_with_bad_file, tmp_path):
     out, ckpt = smoothed_run
     meta = json.loads((out / "model.json").read_text())
     assert meta["preprocessing"]["smoothing"] == 1.5
@@ -72,12 +73,13 @@ def test_recontract_writes_a_new_run_with_the_contract_and_a_refitted_operating_
     src = (tiny_run.dir / "model.safetensors").read_bytes()
     assert (out / "model.safetensors").read_bytes() == src
     # sigma 0 refits the operating point training chose (same split, same decode)
-    again = recontract(tiny_run.dir, tmp_path / "plain", small_data, smoothing=0.0)
+    again = recontract(tiny_run.dir, tmp_path / "plain", small_data_with_bad_file,
+                       smoothing=0.0)
     trained = json.loads((tiny_run.dir / "model.json").read_text())
     assert again.threshold == pytest.approx(trained["threshold"], abs=1e-6)
     assert again.temperature == pytest.approx(trained["temperature"], rel=1e-4)
     with pytest.raises(FileExistsError, match="never over"):
-        recontract(tiny_run.dir, out, small_data, smoothing=1.0)
+        recontract(tiny_run.dir, out, small_data_with_bad_file, smoothing=1.0)
 
 
 def test_smoothed_run_scores_alike_in_torch_and_its_onnx_export(smoothed_run, tiny_run,

@@ -170,6 +170,35 @@ def test_a_storage_round_trip_in_the_contract_is_applied_too(browser, served, si
         assert diff.max() == 0, f
 
 
+def test_a_smoothed_contract_scores_in_the_browser_as_in_python(browser, served, data_dir,
+                                                                 originals_dir, tmp_path):
+    """Preprocessing.smoothing lives inside the exported graph (a reflect pad and a Gaussian
+    convolution): a site exported from a smoothed model scores as `pneumoscan predict` does
+    with that model, and not as the unsmoothed one."""
+    from pneumoscan.cli import main
+    from pneumoscan.core.contract import default_model_dir
+
+    origin, root = served
+    model = tmp_path / "smoothed"
+    shutil.copytree(default_model_dir(), model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["preprocessing"]["smoothing"] = 2.0
+    (model / "model.json").write_text(json.dumps(meta))
+    (model / "model.onnx").unlink(missing_ok=True)  # the shipped graph is unsmoothed
+    assert main(["export", "--web", str(root / "site-smoothed"), "--model", str(model),
+                 "--data", str(data_dir)]) == 0
+    files = _subset(data_dir)["examples"][:4] + _subset(data_dir)["originals"][:2]
+    page, _ = open_site(browser, origin, path="site-smoothed")
+    got = page.evaluate(SCORE_JS, [[_url(f, data_dir, originals_dir) for f in files], False])
+    page.close()
+    smoothed = python_predictions(files, "--model", str(model))
+    plain = python_predictions(files)
+    assert max(abs(b["probability"] - smoothed[str(f)]["probability"])
+               for f, b in zip(files, got)) <= TOLERANCE
+    assert max(abs(b["probability"] - plain[str(f)]["probability"])
+               for f, b in zip(files, got)) > 5 * TOLERANCE
+
+
 def test_scores_equal_pneumoscan_predict(page, data_dir, originals_dir):
     files = [f for group in _subset(data_dir).values() for f in group]
     got = page.evaluate(SCORE_JS, [[_url(f, data_dir, originals_dir) for f in files], False])
