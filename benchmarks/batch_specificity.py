@@ -21,17 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.contract import read
-from pneumoscan.data import load_records
+from pneumoscan.data import load_records, name_family
 from pneumoscan.data.decode import load_many
 from pneumoscan.data.runs import split_of_run
 from pneumoscan.inference.runtime import make_predictor
 from pneumoscan.workflows.shift import decode_shifted, shift_named
 
 ZOOM = "zoom_in_12"
-
-
-def batch_of(path: str | Path) -> str:
-    return "NORMAL2" if Path(path).name.startswith("NORMAL2") else "IM"
 
 
 def specificity_by_batch(run: str, normals: list, floor: float) -> dict:
@@ -41,7 +37,8 @@ def specificity_by_batch(run: str, normals: list, floor: float) -> dict:
                                   prep.interpolation, storage_quality=prep.storage_quality)
     if errors:
         raise RuntimeError(f"{run}: {len(errors)} val normals could not be read: {errors}")
-    batches = np.array([batch_of(normals[i].path) for i in ok])
+    batches = np.array(["NORMAL2" if name_family(Path(normals[i].path).name) == "NORMAL2-IM"
+                        else "IM" for i in ok])
     p = {"clean": predictor.probabilities(clean),
          ZOOM: predictor.probabilities(decode_shifted(clean, shift_named(ZOOM), prep))}
     out: dict = {"run": run, "threshold": thr}

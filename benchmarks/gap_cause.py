@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pneumoscan.data import parse_name, scan, split_train_val
+from pneumoscan.data import name_family, parse_name, scan, split_train_val
 from pneumoscan.evaluation.metrics import auroc
 
 STATS = ("mean", "std", "p01", "p99", "border", "border_lr", "border_tb", "black",
@@ -62,11 +62,9 @@ def image_stats(images: np.ndarray, paths: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def family(name: str) -> str:
-    if name.startswith("NORMAL2-"):
-        return "NORMAL2-IM"
-    if name.startswith("IM-"):
-        return "IM"
-    return "person-" + parse_name(name, "PNEUMONIA")[1]
+    """name_family, with the pneumonias split by etiology (person-bacteria, person-virus)."""
+    f = name_family(name)
+    return f"person-{parse_name(name, 'PNEUMONIA')[1]}" if f == "person" else f
 
 
 def patient_number(patient: str) -> int:

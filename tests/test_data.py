@@ -6,6 +6,7 @@ from pneumoscan.data import (
     KAGGLE_HELP,
     DatasetNotFound,
     find_root,
+    name_family,
     parse_name,
     scan,
     select,
@@ -25,6 +26,15 @@ from pneumoscan.data import (
 ])
 def test_parse_name_every_pattern(name, label, patient, etiology):
     assert parse_name(name, label) == (patient, etiology)
+
+
+def test_every_real_name_has_its_family(data_dir):
+    """name_family: each file of the dataset falls in the batch its patient id names."""
+    families = {}
+    for path in data_dir.rglob("*.jpeg"):
+        families.setdefault(name_family(path.name), set()).add(path.parent.name)
+    assert families == {"IM": {"NORMAL"}, "NORMAL2-IM": {"NORMAL"}, "person": {"PNEUMONIA"}}
+    assert name_family("scan_0007.png") == "other"
 
 
 def test_every_real_name_matches_the_shipped_manifest(data_dir):

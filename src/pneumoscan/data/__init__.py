@@ -14,6 +14,7 @@ from .records import (
     find_root,
     is_image_file,
     limit_per_class,
+    name_family,
     parse_name,
     scan,
     select,
@@ -23,6 +24,7 @@ from .records import (
 
 __all__ = ["ETIOLOGY_LABELS", "IMAGE_SUFFIXES", "KAGGLE_HELP", "LABELS", "SPLIT_DIRS",
            "DatasetNotFound", "ManifestError", "Record", "class_index", "default_data_dir",
-           "find_root", "is_image_file", "limit_per_class", "load_records", "parse_name",
+           "find_root", "is_image_file", "limit_per_class", "load_records", "name_family",
+           "parse_name",
            "read_manifest", "scan", "select", "split_train_val", "task_labels",
            "write_manifest"]

@@ -79,6 +79,24 @@ def parse_name(name: str, label: str) -> tuple[str, str]:
     return Path(name).stem, "normal" if label == "NORMAL" else "unknown"
 
 
+def name_family(name: str) -> str:
+    """The acquisition batch a dataset file name belongs to: 'NORMAL2-IM' (the second batch
+    of normals, where the official val and most test normals come from), 'IM' (the first
+    batch of normals), 'person' (the pneumonias), 'other' (a user's own naming).
+
+    Examples:
+        >>> name_family("NORMAL2-IM-1427-0001.jpeg"), name_family("IM-0115-0001.jpeg")
+        ('NORMAL2-IM', 'IM')
+        >>> name_family("person1_virus_6.jpeg"), name_family("scan.png")
+        ('person', 'other')
+    """
+    if _PERSON.match(name):
+        return "person"
+    if m := _NORMAL.match(name):
+        return "NORMAL2-IM" if m.group(1).upper().startswith("NORMAL") else "IM"
+    return "other"
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("PNEUMOSCAN_DATA") or "data/chest_xray")
 
